@@ -1,0 +1,1 @@
+"""Data sets (TFDS builders) and the grain input pipeline."""

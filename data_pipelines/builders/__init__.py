@@ -1,0 +1,1 @@
+"""TFDS builders, one package per data set."""

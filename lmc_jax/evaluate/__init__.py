@@ -1,0 +1,1 @@
+"""Domain-generalisation evaluation of embeddings."""

@@ -1,0 +1,1 @@
+"""Stain colour maths, training stain views and evaluation sites."""
