@@ -1,0 +1,58 @@
+"""LMC objective: Barlow-Twins cross-correlation between the stain views of each patch.
+
+All statistics are taken over the batch axis of the arrays passed in. Under `jax.jit` with the
+batch sharded over a mesh, that axis is the GLOBAL batch, so the loss (and its gradient) is the
+same on 1 device and on N devices without any hand-written collective.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+
+
+def standardize_over_batch(z: jax.Array, eps: float = 1e-5) -> jax.Array:
+    """Batch norm without learned affine: zero mean, unit variance per feature over axis -2."""
+    z = z.astype(jnp.float32)
+    mean = z.mean(axis=-2, keepdims=True)
+    var = z.var(axis=-2, keepdims=True)
+    return (z - mean) * jax.lax.rsqrt(var + eps)
+
+
+def cross_correlation(z1: jax.Array, z2: jax.Array) -> jax.Array:
+    """C = BN(z1)ᵀ BN(z2) / N for z1, z2 of shape [N, D]; C[i, i] = 1 for identical views."""
+    n = z1.shape[0]
+    return standardize_over_batch(z1).T @ standardize_over_batch(z2) / n
+
+
+def cross_correlation_loss(
+    z1: jax.Array, z2: jax.Array, off_diagonal_weight: float
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Barlow Twins: Σᵢ(1 − Cᵢᵢ)² + λ Σᵢ Σⱼ≠ᵢ Cᵢⱼ². Returns (loss, {on_diagonal, off_diagonal})."""
+    c = cross_correlation(z1, z2)
+    diag = jnp.diagonal(c)
+    on = jnp.sum((1.0 - diag) ** 2)
+    off = jnp.sum(c**2) - jnp.sum(diag**2)
+    return on + off_diagonal_weight * off, {"on_diagonal": on, "off_diagonal": off}
+
+
+def lmc_loss(projections: jax.Array, off_diagonal_weight: float) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Mean Barlow-Twins loss over all unordered pairs of the K views, projections [K, N, D].
+
+    Averaging over pairs (rather than against the views' mean) keeps every pair's term on the
+    scale of the two-view loss, so λ and learning rates transfer from Barlow Twins unchanged.
+    """
+    num_views = projections.shape[0]
+    if num_views < 2:
+        raise ValueError(f"lmc_loss needs K ≥ 2 views, got {num_views} (config.lmc.num_views)")
+    pairs = list(itertools.combinations(range(num_views), 2))
+    losses, on, off = [], [], []
+    for i, j in pairs:
+        loss, terms = cross_correlation_loss(projections[i], projections[j], off_diagonal_weight)
+        losses.append(loss)
+        on.append(terms["on_diagonal"])
+        off.append(terms["off_diagonal"])
+    mean = lambda xs: sum(xs) / len(pairs)  # noqa: E731
+    return mean(losses), {"on_diagonal": mean(on), "off_diagonal": mean(off)}

@@ -1,0 +1,223 @@
+"""Vision Transformer encoder and Barlow-Twins projector in Flax NNX.
+
+Laid out the timm way (class token prepended before the position embedding is added, fused
+qkv, exact GELU, LayerNorm eps 1e-6) so that weights map one-to-one onto timm's
+`VisionTransformer`. Parameters are float32; `dtype` sets the compute dtype.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+# ImageNet statistics, as timm's ViTs expect; applied inside the model so callers feed [0, 1].
+IMAGE_MEAN = (0.485, 0.456, 0.406)
+IMAGE_STD = (0.229, 0.224, 0.225)
+
+
+@dataclasses.dataclass(frozen=True)
+class ViTSize:
+    """Width, depth, heads and MLP width of one named ViT size."""
+
+    width: int
+    depth: int
+    heads: int
+    mlp_dim: int
+
+
+# "mu" is a test size; "Mi" a CPU-sized encoder for the embedded default; the rest are the
+# standard sizes of Dosovitskiy et al. / timm.
+SIZES: dict[str, ViTSize] = {
+    "mu": ViTSize(32, 2, 2, 64),
+    "Mi": ViTSize(128, 4, 4, 512),
+    "Ti": ViTSize(192, 12, 3, 768),
+    "S": ViTSize(384, 12, 6, 1536),
+    "B": ViTSize(768, 12, 12, 3072),
+    "L": ViTSize(1024, 24, 16, 4096),
+}
+
+
+def parse_variant(variant: str) -> tuple[ViTSize, int]:
+    """`"S/16"` → (size of S, patch 16); an unknown name raises naming the choices."""
+    match = re.fullmatch(r"(\w+)/(\d+)", variant)
+    if not match or match.group(1) not in SIZES:
+        raise ValueError(
+            f"model.variant={variant!r} is not '<size>/<patch>' with size in {sorted(SIZES)} "
+            "(for example 'S/16')."
+        )
+    return SIZES[match.group(1)], int(match.group(2))
+
+
+class Attention(nnx.Module):
+    """Multi-head self-attention with a fused qkv projection (timm's layout)."""
+
+    def __init__(self, width: int, heads: int, *, dtype: jnp.dtype, rngs: nnx.Rngs):
+        if width % heads:
+            raise ValueError(f"width {width} is not divisible by heads {heads}")
+        self.heads = heads
+        self.qkv = nnx.Linear(width, 3 * width, dtype=dtype, rngs=rngs)
+        self.proj = nnx.Linear(width, width, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        batch, tokens, width = x.shape
+        qkv = self.qkv(x).reshape(batch, tokens, 3, self.heads, width // self.heads)
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        out = jax.nn.dot_product_attention(q, k, v)
+        return self.proj(out.reshape(batch, tokens, width))
+
+
+class Mlp(nnx.Module):
+    """Two-layer MLP with exact GELU, as timm's ViT block."""
+
+    def __init__(self, width: int, hidden: int, *, dtype: jnp.dtype, rngs: nnx.Rngs):
+        self.fc1 = nnx.Linear(width, hidden, dtype=dtype, rngs=rngs)
+        self.fc2 = nnx.Linear(hidden, width, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.fc2(jax.nn.gelu(self.fc1(x), approximate=False))
+
+
+class Block(nnx.Module):
+    """Pre-norm transformer block."""
+
+    def __init__(self, size: ViTSize, *, dtype: jnp.dtype, rngs: nnx.Rngs):
+        self.norm1 = nnx.LayerNorm(size.width, epsilon=1e-6, dtype=dtype, rngs=rngs)
+        self.attn = Attention(size.width, size.heads, dtype=dtype, rngs=rngs)
+        self.norm2 = nnx.LayerNorm(size.width, epsilon=1e-6, dtype=dtype, rngs=rngs)
+        self.mlp = Mlp(size.width, size.mlp_dim, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class ViT(nnx.Module):
+    """ViT encoder: images float [B, H, W, 3] in [0, 1] → pooled embedding [B, width] (float32)."""
+
+    def __init__(
+        self,
+        variant: str,
+        image_size: int,
+        *,
+        pool: str = "cls",
+        dtype: jnp.dtype = jnp.float32,
+        remat: bool = False,
+        rngs: nnx.Rngs,
+    ):
+        size, patch = parse_variant(variant)
+        if image_size % patch:
+            raise ValueError(f"image size {image_size} is not a multiple of patch size {patch}")
+        if pool not in ("cls", "mean"):
+            raise ValueError(f"model.pool={pool!r}: choose 'cls' or 'mean'")
+        self.size, self.patch, self.image_size, self.pool = size, patch, image_size, pool
+        self.dtype, self.remat = dtype, remat
+        num_tokens = (image_size // patch) ** 2 + (pool == "cls")
+        self.patch_embed = nnx.Conv(
+            3, size.width, (patch, patch), strides=patch, padding="VALID", dtype=dtype, rngs=rngs
+        )
+        init = nnx.initializers.normal(0.02)
+        if pool == "cls":
+            self.cls_token = nnx.Param(jnp.zeros((1, 1, size.width)))
+        self.pos_embed = nnx.Param(init(rngs.params(), (1, num_tokens, size.width)))
+        self.blocks = nnx.List([Block(size, dtype=dtype, rngs=rngs) for _ in range(size.depth)])
+        self.norm = nnx.LayerNorm(size.width, epsilon=1e-6, dtype=dtype, rngs=rngs)
+
+    @property
+    def width(self) -> int:
+        return self.size.width
+
+    def tokens(self, images: jax.Array) -> jax.Array:
+        """Normalised images → token sequence after the final LayerNorm, [B, T, width]."""
+        mean, std = jnp.asarray(IMAGE_MEAN), jnp.asarray(IMAGE_STD)
+        x = ((images.astype(jnp.float32) - mean) / std).astype(self.dtype)
+        x = self.patch_embed(x)
+        x = x.reshape(x.shape[0], -1, x.shape[-1])
+        if self.pool == "cls":
+            cls = jnp.broadcast_to(self.cls_token[...], (x.shape[0], 1, x.shape[-1]))
+            x = jnp.concatenate([cls.astype(x.dtype), x], axis=1)
+        x = x + self.pos_embed[...].astype(x.dtype)
+        for block in self.blocks:
+            x = nnx.remat(lambda blk, h: blk(h))(block, x) if self.remat else block(x)
+        return self.norm(x)
+
+    def __call__(self, images: jax.Array) -> jax.Array:
+        x = self.tokens(images)
+        pooled = x[:, 0] if self.pool == "cls" else x.mean(axis=1)
+        return pooled.astype(jnp.float32)
+
+
+class BatchNorm(nnx.Module):
+    """Batch normalisation over axis -2 with batch statistics only (no running averages).
+
+    The projector is used only in training, so running statistics are never needed; under
+    `jit` with the batch sharded, the mean is over the GLOBAL batch.
+    """
+
+    def __init__(self, features: int, *, eps: float = 1e-5):
+        self.scale = nnx.Param(jnp.ones((features,)))
+        self.bias = nnx.Param(jnp.zeros((features,)))
+        self.eps = eps
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        mean = x32.mean(axis=-2, keepdims=True)
+        var = x32.var(axis=-2, keepdims=True)
+        y = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
+        return (y * self.scale[...] + self.bias[...]).astype(x.dtype)
+
+
+class Projector(nnx.Module):
+    """Barlow-Twins projector: (Linear-BN-ReLU) × (n-1), then a plain Linear.
+
+    Input [..., B, D]; batch statistics are taken over axis -2, so stacking K views as
+    [K, B, D] normalises each view separately, as Barlow Twins does.
+    """
+
+    def __init__(self, in_features: int, dims: tuple[int, ...], *, dtype: jnp.dtype, rngs: nnx.Rngs):
+        if not dims:
+            raise ValueError("model.projector_dims must list at least one width")
+        widths = (in_features, *dims)
+        self.hidden = nnx.List(
+            [nnx.Linear(a, b, use_bias=False, dtype=dtype, rngs=rngs) for a, b in zip(widths[:-2], widths[1:-1])]
+        )
+        self.norms = nnx.List([BatchNorm(b) for b in widths[1:-1]])
+        self.out = nnx.Linear(widths[-2], widths[-1], use_bias=False, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        for linear, norm in zip(self.hidden, self.norms):
+            x = jax.nn.relu(norm(linear(x)))
+        return self.out(x).astype(jnp.float32)
+
+
+class LMCModel(nnx.Module):
+    """Encoder + projector: what the LMC loss trains. Only `encoder` is kept for embedding."""
+
+    def __init__(self, encoder: ViT, projector: Projector):
+        self.encoder = encoder
+        self.projector = projector
+
+    def __call__(self, views: jax.Array) -> jax.Array:
+        """Views [K, B, H, W, 3] → projections [K, B, P]."""
+        k, b = views.shape[:2]
+        h = self.encoder(views.reshape(k * b, *views.shape[2:]))
+        return self.projector(h.reshape(k, b, -1))
+
+
+def build_model(model_config, image_size: int, *, seed: int) -> LMCModel:
+    """Builds the encoder + projector from `config.model` (variant, pool, dtype, projector_dims)."""
+    rngs = nnx.Rngs(params=seed)
+    dtype = jnp.dtype(model_config.dtype)
+    encoder = ViT(
+        model_config.variant,
+        image_size,
+        pool=model_config.pool,
+        dtype=dtype,
+        remat=model_config.get("remat", False),
+        rngs=rngs,
+    )
+    projector = Projector(encoder.width, tuple(model_config.projector_dims), dtype=dtype, rngs=rngs)
+    return LMCModel(encoder, projector)
