@@ -1,0 +1,77 @@
+"""Tests for lmc_jax.evaluate.report: files written, metrics.json round-trips, tables and PCA are right."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn.decomposition import PCA
+
+from lmc_jax.evaluate import report
+from lmc_jax.evaluate.suite import MethodEmbeddings, evaluate_embeddings
+
+SITES = ["scanner_a", "scanner_b", "ihc"]
+
+
+def _method(seed: int, shift: float) -> MethodEmbeddings:
+    rng = np.random.default_rng(seed)
+    y = np.tile([0, 1], 20)
+    train = rng.normal(size=(40, 5)) + 2.0 * y[:, None] * np.eye(5)[0]
+    heldout = np.concatenate([rng.normal(size=(40, 5)) + 2.0 * y[:, None] * np.eye(5)[0] + s * shift for s in range(3)])
+    sites = np.repeat(np.arange(3), 40)
+    heldout_labels = np.tile(y, 3)
+    heldout_labels[sites == 2] = 1  # the ihc site has one class: its AUC is undefined
+    return MethodEmbeddings(train, y, heldout, heldout_labels, sites)
+
+
+@pytest.fixture(scope="module")
+def methods():
+    return {"lmc": _method(0, 0.1), "baseline": _method(1, 2.0)}
+
+
+@pytest.fixture(scope="module")
+def metrics(methods):
+    return evaluate_embeddings(methods, site_names=SITES, source_site="scanner_a", key=jax.random.key(0))
+
+
+def test_write_report_writes_files_and_metrics_round_trip(tmp_path, methods, metrics):
+    projections = {name: (report.pca_2d(m.heldout), m.heldout_sites) for name, m in methods.items()}
+    paths = report.write_report(metrics, tmp_path / "eval", projections=projections)
+    assert set(paths) == {"metrics", "report", "embeddings"}
+    assert json.loads(paths["metrics"].read_text("utf-8")) == metrics
+    text = paths["report"].read_text("utf-8")
+    assert "scanner_a (source)" in text and "How to read this" in text
+    assert text.count("| lmc |") >= 4 and text.count("| baseline |") >= 4  # summary + FD, raw FD, W2, AUC tables
+    assert "- lmc / ihc / auc: only one class (label 1)" in text
+    assert "- lmc / summary / mean_unseen_auc: mean over 1 of 2 unseen sites; undefined at ihc" in text
+    assert f"{metrics['methods']['baseline']['per_site']['ihc']['fd']:#.3g}" in text
+    image = np.asarray(Image.open(paths["embeddings"]).convert("RGB"))
+    assert image.shape[1] > image.shape[0] > 300  # two panels side by side
+    assert len(np.unique(image.reshape(-1, 3), axis=0)) > 50  # not blank: points in several colours
+
+
+def test_report_without_projections_has_no_png(tmp_path, metrics):
+    paths = report.write_report(metrics, tmp_path)
+    assert "embeddings" not in paths and not (tmp_path / "embeddings.png").exists()
+
+
+def test_format_table_has_one_row_per_method_and_three_significant_digits(metrics):
+    table = report.format_table(metrics).splitlines()
+    assert len(table) == 2 + len(metrics["methods"])
+    assert "mean unseen FD" in table[0] and "AUC drop" in table[0]
+    assert "top-1" not in table[0]  # no tile ids anywhere: column dropped
+    fd = metrics["methods"]["lmc"]["summary"]["mean_unseen_fd"]
+    assert table[2].startswith("| lmc |") and f"{fd:#.3g}" in table[2]
+    assert report._fmt(0.0037) == "0.00370" and report._fmt(25.71) == "25.7" and report._fmt(None) == "n/a"
+
+
+def test_pca_2d_matches_sklearn_up_to_sign():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(100, 6)) @ rng.normal(size=(6, 6)) + 4.0
+    ours = report.pca_2d(x)
+    ref = PCA(n_components=2).fit_transform(x)
+    np.testing.assert_allclose(np.abs(ours), np.abs(ref), atol=1e-8)
+    assert ours[:, 0].var() >= ours[:, 1].var()
+    one_dim = report.pca_2d(x[:, :1])
+    assert one_dim.shape == (100, 2) and np.all(one_dim[:, 1] == 0)
