@@ -1,0 +1,125 @@
+"""grain input pipeline over TFDS array_record data sources: a resumable, per-process sharded train stream.
+
+Train order: source -> shuffle (config seed, reshuffled each epoch) -> repeat -> random dihedral
+flip/rotation per record -> shard by process -> batch (drop remainder) -> prefetch. The flip and
+90-degree rotation are done here on the host: they are exact, cost a 12 KiB copy per 64-px tile and
+leave on-device augmentation to the stain views and random crops. Every process computes the same
+global shuffled and augmented stream (randomness keyed by global position) and takes positions
+p, p + N, p + 2N, ...; so the N processes read each epoch's records exactly once between them.
+"""
+
+import pathlib
+from typing import Any
+
+import grain
+import ml_collections
+import numpy as np
+import tensorflow_datasets as tfds
+
+_EXAMPLE_KEYS = ("image", "label", "site", "region", "coords", "tile_id")
+_READ_THREADS = 2  # threads assembling batches ahead of the consumer (per process)
+_PREFETCH_BATCHES = 2  # batches buffered ahead of the consumer (per process)
+_LOAD_CHUNK = 512  # records decoded per call when loading a whole split
+
+
+def _builder_config_name(config: ml_collections.ConfigDict) -> str:
+    return config.data.get("builder_config") or f"tile{config.data.tile_size}"
+
+
+def _build_hint(name: str, data_dir: str | pathlib.Path, config_name: str) -> str:
+    if name == "cmu_small_region":
+        tile_size = config_name.removeprefix("tile")
+        return (
+            "Build it with: python -c \"from data_pipelines.builders.cmu_small_region import build_dataset; "
+            f"build_dataset('{data_dir}', tile_size={tile_size})\""
+        )
+    return (f"Build it with its TFDS builder in data_pipelines/builders/{name} "
+            "(download_and_prepare(file_format='array_record')).")
+
+
+def data_source(config: ml_collections.ConfigDict, data_dir: str | pathlib.Path, split: str) -> Any:
+    """The random-access TFDS data source of `split` of data set `config.data.name` under `data_dir`."""
+    name, config_name = config.data.name, _builder_config_name(config)
+    path = pathlib.Path(data_dir) / name / config_name
+    if not any(path.glob("*/dataset_info.json")):
+        raise FileNotFoundError(f"Data set {name}/{config_name} is not built under {path}. "
+                                f"{_build_hint(name, data_dir, config_name)}")
+    source = tfds.data_source(f"{name}/{config_name}", data_dir=str(data_dir), download=False)
+    if split not in source:
+        raise ValueError(f"Split {split!r} not in {name}/{config_name} at {path}; available: {sorted(source)}.")
+    return source[split]
+
+
+def ensure_built(config: ml_collections.ConfigDict) -> None:
+    """Build the embedded data set under config.data.data_dir if missing; other data sets must already be built."""
+    name, config_name, data_dir = config.data.name, _builder_config_name(config), config.data.data_dir
+    if any((pathlib.Path(data_dir) / name / config_name).glob("*/dataset_info.json")):
+        return
+    if name != "cmu_small_region":
+        raise FileNotFoundError(f"Data set {name}/{config_name} is not built under {data_dir}. "
+                                f"{_build_hint(name, data_dir, config_name)}")
+    from data_pipelines.builders import cmu_small_region  # pylint: disable=import-outside-toplevel
+
+    cmu_small_region.build_dataset(data_dir, config=config_name)
+
+
+def _local_batch_size(batch_size: int, process_count: int) -> int:
+    if batch_size <= 0 or batch_size % process_count:
+        raise ValueError(
+            f"config.batch_size={batch_size} must be a positive multiple of process_count={process_count}."
+        )
+    return batch_size // process_count
+
+
+def _flip_rotate(example: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+    """Random element of the dihedral group D4 (90-degree rotations, optional horizontal flip) on `image`."""
+    image = np.rot90(example["image"], k=int(rng.integers(4)))
+    if rng.integers(2):
+        image = image[:, ::-1]
+    return {**example, "image": np.ascontiguousarray(image)}
+
+
+def make_train_iterator(
+    config: ml_collections.ConfigDict, data_dir: str | pathlib.Path, *, process_index: int = 0, process_count: int = 1
+) -> grain.DatasetIterator:
+    """Endless, checkpointable iterator of this process's train batches (dicts of numpy, `image` uint8 [B, T, T, 3]).
+
+    Reads config.seed, config.batch_size (global), config.data.{name, tile_size, worker_count,
+    builder_config ("" or absent = f"tile{tile_size}")}. Save/restore its position with `get_state()`/`set_state()` or
+    `grain.checkpoint.CheckpointSave/CheckpointRestore`; keep `worker_count` fixed across a resume.
+    """
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index={process_index} must lie in [0, process_count={process_count}).")
+    local_batch = _local_batch_size(config.batch_size, process_count)
+    source = data_source(config, data_dir, "train")
+    n_records = len(source) - len(source) % process_count  # every process gets the same number per epoch
+    if n_records == 0:
+        raise ValueError(
+            f"The train split under {data_dir} has {len(source)} records, fewer than {process_count} processes."
+        )
+    dataset = grain.MapDataset.source(source)[:n_records].seed(config.seed).shuffle().repeat()
+    dataset = dataset.random_map(_flip_rotate)[process_index::process_count]
+    dataset = dataset.batch(local_batch, drop_remainder=True)
+    iter_dataset = dataset.to_iter_dataset(
+        grain.ReadOptions(num_threads=_READ_THREADS, prefetch_buffer_size=_PREFETCH_BATCHES)
+    )
+    worker_count = config.data.get("worker_count", 0)
+    if worker_count > 0:
+        iter_dataset = iter_dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
+    return iter(iter_dataset)
+
+
+def load_split(config: ml_collections.ConfigDict, data_dir: str | pathlib.Path, split: str) -> dict[str, np.ndarray]:
+    """Whole split in memory, in file order: image uint8 (N, T, T, 3), coords int64 (N, 2), the rest int64 (N,)."""
+    source = data_source(config, data_dir, split)
+    examples = [
+        example
+        for start in range(0, len(source), _LOAD_CHUNK)
+        for example in source.__getitems__(list(range(start, min(start + _LOAD_CHUNK, len(source)))))
+    ]
+    if not examples:
+        raise ValueError(f"Split {split!r} of {config.data.name} under {data_dir} is empty; rebuild it with more tiles.")
+    return {
+        key: np.stack([example[key] for example in examples]).astype(np.uint8 if key == "image" else np.int64)
+        for key in _EXAMPLE_KEYS
+    }

@@ -1,0 +1,186 @@
+"""grain train iterator (resume, sharding, seeding, dihedral views) and whole-split loading, on a tiny built crop."""
+
+import itertools
+import pathlib
+
+import grain
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from data_pipelines import input_pipeline
+from data_pipelines.builders.cmu_small_region import CmuSmallRegionConfig, build_dataset
+from lmc_jax.stain import sites
+
+TILE = 32
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> pathlib.Path:
+    """cmu_small_region built from a 384 x 512 px slide crop with 32 px tiles (about a second)."""
+    path = tmp_path_factory.mktemp("tfds")
+    build_dataset(
+        path,
+        config=CmuSmallRegionConfig(
+            name="crop32", tile_size=TILE, train_stride=16, region_size=128, crop=(1280, 640, 384, 512)
+        ),
+    )
+    return path
+
+
+def make_config(seed: int = 0, batch_size: int = 8, worker_count: int = 0) -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(
+        {
+            "seed": seed,
+            "batch_size": batch_size,
+            "data": {
+                "name": "cmu_small_region", "tile_size": TILE, "worker_count": worker_count, "builder_config": "crop32"
+            },
+        }
+    )
+
+
+@pytest.fixture(scope="session")
+def train(data_dir) -> dict[str, np.ndarray]:
+    return input_pipeline.load_split(make_config(), data_dir, "train")
+
+
+def take(iterator, n: int) -> list[dict[str, np.ndarray]]:
+    return list(itertools.islice(iterator, n))
+
+
+def assert_batches_equal(first: dict[str, np.ndarray], second: dict[str, np.ndarray]) -> None:
+    assert first.keys() == second.keys()
+    for key in first:
+        np.testing.assert_array_equal(first[key], second[key], err_msg=key)
+
+
+def test_batch_layout(data_dir):
+    batch = next(input_pipeline.make_train_iterator(make_config(batch_size=6), data_dir))
+    assert batch["image"].dtype == np.uint8 and batch["image"].shape == (6, TILE, TILE, 3)
+    assert {"label", "site", "region", "coords", "tile_id"} <= batch.keys()
+    assert (batch["site"] == sites.site_id("source")).all()
+
+
+def test_images_are_dihedral_views_of_stored_tiles(data_dir, train):
+    stored = {int(tile_id): image for tile_id, image in zip(train["tile_id"], train["image"])}
+    exact = 0
+    for batch in take(input_pipeline.make_train_iterator(make_config(), data_dir), 4):
+        for tile_id, image in zip(batch["tile_id"], batch["image"]):
+            original = stored[int(tile_id)]
+            views = [np.rot90(v, k) for v in (original, original[:, ::-1]) for k in range(4)]
+            assert any(np.array_equal(image, view) for view in views)
+            exact += np.array_equal(image, original)
+    assert exact < 16  # 32 images: an untransformed majority would mean no augmentation
+
+
+def test_resume_from_state_gives_the_same_next_batch(data_dir):
+    config = make_config(seed=3)
+    iterator = input_pipeline.make_train_iterator(config, data_dir)
+    take(iterator, 5)
+    state = iterator.get_state()
+    expected = next(iterator)
+    fresh = input_pipeline.make_train_iterator(config, data_dir)
+    fresh.set_state(state)
+    assert_batches_equal(next(fresh), expected)
+
+
+def test_resume_through_orbax_checkpoint(data_dir, tmp_path):
+    config = make_config(seed=5)
+    iterator = input_pipeline.make_train_iterator(config, data_dir)
+    take(iterator, 3)
+    with ocp.CheckpointManager(tmp_path / "ckpt") as manager:
+        manager.save(7, args=ocp.args.Composite(data_iter=grain.checkpoint.CheckpointSave(iterator)))
+        manager.wait_until_finished()
+    expected = next(iterator)
+    fresh = input_pipeline.make_train_iterator(config, data_dir)
+    with ocp.CheckpointManager(tmp_path / "ckpt") as manager:
+        manager.restore(7, args=ocp.args.Composite(data_iter=grain.checkpoint.CheckpointRestore(fresh)))
+    assert_batches_equal(next(fresh), expected)
+
+
+def test_two_processes_read_disjoint_halves_of_an_epoch(data_dir, train):
+    config = make_config(batch_size=8)
+    per_process = len(train["tile_id"]) // 2  # records per process per epoch
+    seen = []
+    for index in range(2):
+        iterator = input_pipeline.make_train_iterator(config, data_dir, process_index=index, process_count=2)
+        batches = take(iterator, -(-per_process // 4))
+        assert all(b["image"].shape[0] == 4 for b in batches)  # local batch = global batch / processes
+        ids = np.concatenate([b["tile_id"] for b in batches])[:per_process]
+        assert len(set(ids.tolist())) == per_process
+        seen.append(set(ids.tolist()))
+    assert not seen[0] & seen[1]
+    assert len(seen[0] | seen[1]) == 2 * per_process and (seen[0] | seen[1]) <= set(train["tile_id"].tolist())
+
+
+def test_epochs_cover_all_records_and_reshuffle(data_dir, train):
+    n = len(train["tile_id"])
+    batches = take(input_pipeline.make_train_iterator(make_config(), data_dir), -(-2 * n // 8))
+    stream = np.concatenate([b["tile_id"] for b in batches])
+    first, second = stream[:n], stream[n : 2 * n]
+    np.testing.assert_array_equal(np.sort(first), np.sort(train["tile_id"]))
+    np.testing.assert_array_equal(np.sort(second), np.sort(train["tile_id"]))
+    assert not np.array_equal(first, second)
+
+
+def test_same_seed_same_batches_other_seed_other_order(data_dir):
+    first = take(input_pipeline.make_train_iterator(make_config(seed=11), data_dir), 3)
+    again = take(input_pipeline.make_train_iterator(make_config(seed=11), data_dir), 3)
+    other = take(input_pipeline.make_train_iterator(make_config(seed=12), data_dir), 3)
+    for a, b in zip(first, again):
+        assert_batches_equal(a, b)
+    order, other_order = (np.concatenate([b["tile_id"] for b in run]) for run in (first, other))
+    assert not np.array_equal(order, other_order)
+
+
+def test_worker_processes_give_the_same_batches(data_dir):
+    reference = take(input_pipeline.make_train_iterator(make_config(seed=2), data_dir), 3)
+    iterator = input_pipeline.make_train_iterator(make_config(seed=2, worker_count=1), data_dir)
+    try:
+        for a, b in zip(reference, take(iterator, 3)):
+            assert_batches_equal(a, b)
+    finally:
+        iterator.close()
+
+
+def test_bad_sharding_arguments(data_dir):
+    with pytest.raises(ValueError, match="batch_size=9 must be a positive multiple of process_count=2"):
+        input_pipeline.make_train_iterator(make_config(batch_size=9), data_dir, process_index=0, process_count=2)
+    with pytest.raises(ValueError, match="process_index=2"):
+        input_pipeline.make_train_iterator(make_config(), data_dir, process_index=2, process_count=2)
+
+
+def test_missing_data_set_names_path_and_build_command(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"not built under .*crop32.*build_dataset\("):
+        input_pipeline.make_train_iterator(make_config(), tmp_path)
+
+
+def test_unknown_split_lists_the_available_ones(data_dir):
+    with pytest.raises(ValueError, match=r"'validation' not in .*\['heldout', 'ihc', 'train'\]"):
+        input_pipeline.load_split(make_config(), data_dir, "validation")
+
+
+def test_load_split_is_complete_and_ordered(data_dir):
+    heldout = input_pipeline.load_split(make_config(), data_dir, "heldout")
+    again = input_pipeline.load_split(make_config(), data_dir, "heldout")
+    assert_batches_equal(heldout, again)
+    n_sites = len(sites.SITE_NAMES)
+    assert heldout["image"].shape[1:] == (TILE, TILE, 3) and heldout["image"].dtype == np.uint8
+    assert heldout["coords"].shape == (len(heldout["tile_id"]), 2)
+    assert all(heldout[key].dtype == np.int64 for key in ("label", "site", "region", "coords", "tile_id"))
+    np.testing.assert_array_equal(np.bincount(heldout["site"]), np.full(n_sites, len(heldout["site"]) // n_sites))
+    assert (np.diff(heldout["tile_id"]) >= 0).all()  # tile-major: all sites of a tile are adjacent
+
+
+def test_ensure_built_is_a_noop_when_built_and_explains_other_data_sets(data_dir, tmp_path):
+    config = make_config()
+    config.data.data_dir = str(data_dir)
+    shard = next(data_dir.glob("cmu_small_region/crop32/*/*train.array_record*"))
+    before = shard.stat().st_mtime_ns
+    input_pipeline.ensure_built(config)
+    assert shard.stat().st_mtime_ns == before
+    config.data.name, config.data.data_dir = "camelyon17", str(tmp_path)
+    with pytest.raises(FileNotFoundError, match="camelyon17/crop32 is not built.*data_pipelines/builders/camelyon17"):
+        input_pipeline.ensure_built(config)
