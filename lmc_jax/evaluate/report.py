@@ -9,8 +9,8 @@ import numpy as np
 from matplotlib.figure import Figure
 
 _SUMMARY_COLUMNS = (
-    ("mean_unseen_fd", "mean unseen FD ↓"),
-    ("mean_unseen_fd_class", "mean unseen class FD ↓"),
+    ("mean_unseen_fd", "mean unseen FD/D ↓"),
+    ("mean_unseen_fd_class", "mean unseen class FD/D ↓"),
     ("mean_unseen_sliced_w2", "mean unseen sliced W2 ↓"),
     ("mean_unseen_top1", "mean unseen same-tile top-1 ↑"),
     ("source_auc", "source AUC ↑"),
@@ -30,7 +30,8 @@ HOW_TO_READ = (
     "**How to read this.** Every distance compares a site's held-out embeddings with the source site's, after "
     "z-scoring all of them with the source site's held-out mean and std, so an encoder cannot look invariant by "
     "shrinking its outputs. Lower FD / sliced W2 = the site's embeddings sit closer to the source's = more "
-    "stain/scanner invariant. FD is the squared 2-Wasserstein distance between Gaussian fits; sliced W2 is a "
+    "stain/scanner invariant. FD is the squared 2-Wasserstein distance between Gaussian fits, divided by the "
+    "embedding width D (the source's total variance after z-scoring) so encoders of any width compare; sliced W2 is a "
     "(non-squared) distance on the samples themselves, so the two are on different scales. A collapsed encoder "
     "also scores low distances: the probe AUC is the guard — invariance is only worth something while the AUC "
     "stays high at the source and drops little at unseen sites. n/a = undefined (reasons listed below)."

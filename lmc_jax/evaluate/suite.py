@@ -15,10 +15,11 @@ SCHEMA_VERSION = 1
 
 NOTES = {
     "fd": "Fréchet distance ‖μ1−μ2‖²+Tr(Σ1+Σ2−2(Σ1Σ2)^½) between Gaussian fits of the source and the site's "
-    "held-out embeddings, both z-scored with the source held-out statistics (= squared W2 of the Gaussian fits). "
-    "Lower = closer to the source = more invariant.",
+    "held-out embeddings, both z-scored with the source held-out statistics (= squared W2 of the Gaussian fits), "
+    "divided by the embedding width D = the source's own total variance after z-scoring, so encoders of different "
+    "width and scale are comparable. Lower = closer to the source = more invariant.",
     "fd_raw": "The same Fréchet distance on the raw embeddings; depends on the encoder's scale, not comparable across methods.",
-    "fd_class": "Class-conditional FD: mean over labels of the standardised FD between same-label source and site embeddings "
+    "fd_class": "Class-conditional FD: mean over labels of the standardised FD / D between same-label source and site embeddings "
     "(separates stain shift from label-mix shift).",
     "sliced_w2": "Sliced 2-Wasserstein distance (not squared) between the standardised SAMPLES of source and site, "
     "exact 1-D W2 along random unit directions, root-mean-square over directions; no Gaussian assumption.",
@@ -79,7 +80,7 @@ def _class_fd(src: np.ndarray, src_y: np.ndarray, tgt: np.ndarray, tgt_y: np.nda
         n_src, n_tgt = int(np.sum(src_y == c)), int(np.sum(tgt_y == c))
         if min(n_src, n_tgt) < min_n:
             return f"label {c}: {n_src} source / {n_tgt} site examples (< min_site_samples={min_n})"
-        values.append(float(separation.frechet_distance(src[src_y == c], tgt[tgt_y == c])))
+        values.append(float(separation.frechet_distance(src[src_y == c], tgt[tgt_y == c])) / src.shape[1])
     return float(np.mean(values))
 
 
@@ -100,7 +101,7 @@ def _site_distances(m: MethodEmbeddings, z: np.ndarray, src: np.ndarray, tgt: np
     labels = np.asarray(m.heldout_labels)
     ids = None if m.heldout_tile_ids is None else np.asarray(m.heldout_tile_ids)
     return {
-        "fd": float(separation.frechet_distance(z[src], z[tgt])),
+        "fd": float(separation.frechet_distance(z[src], z[tgt])) / z.shape[1],
         "fd_raw": float(separation.frechet_distance(raw[src], raw[tgt])),
         "fd_class": _class_fd(z[src], labels[src], z[tgt], labels[tgt], min_n),
         "sliced_w2": float(separation.sliced_wasserstein(z[src], z[tgt], key, num_projections)),

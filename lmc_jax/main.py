@@ -1,0 +1,41 @@
+"""Entry point: `python -m lmc_jax.main --config configs/X.py --workdir DIR [--config.key=value ...]`.
+
+Flags and dispatch only: `train` trains LMC, the references the config asks for, then
+evaluates; `evaluate` evaluates an existing run.
+"""
+
+from __future__ import annotations
+
+import logging
+import pathlib
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and the evaluation report.")
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}; settings go through --config.key=value")
+    import jax
+
+    from lmc_jax import configlib, parallel
+    from lmc_jax import experiment
+
+    config = _CONFIG.value
+    configlib.validate(config)
+    parallel.maybe_initialize_distributed(config)
+    logging.info("devices: %s", jax.devices())
+    workdir = pathlib.Path(_WORKDIR.value)
+    if config.mode == "train":
+        experiment.train_and_evaluate(config, workdir)
+    elif config.mode == "evaluate":
+        experiment.evaluate_workdir(config, pathlib.Path(config.eval.checkpoint), workdir)
+
+
+if __name__ == "__main__":
+    flags.mark_flags_as_required(["config", "workdir"])
+    logging.getLogger().setLevel(logging.INFO)
+    app.run(main)

@@ -1,0 +1,219 @@
+"""LMC training: train state on a mesh, the jitted step, and the loop with checkpoints and logs."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import pathlib
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+
+from data_pipelines import input_pipeline
+from lmc_jax import parallel
+from lmc_jax.checkpoint import CheckpointError, Checkpointer, abstract_like
+from lmc_jax.losses import lmc_loss
+from lmc_jax.models.vit import build_model
+from lmc_jax.stain.augment import StainAugConfig, make_views
+from lmc_jax.writers import MetricWriter
+
+State = dict[str, Any]  # {"step": int32 scalar, "params": pure dict, "opt_state": optax state}
+
+
+@dataclasses.dataclass(frozen=True)
+class Trainer:
+    """Everything a step needs that is not an array: the model graph, optimizer and shardings."""
+
+    config: ml_collections.ConfigDict
+    mesh: jax.sharding.Mesh
+    graphdef: nnx.GraphDef
+    tx: optax.GradientTransformation
+    schedule: optax.Schedule
+    state_shardings: State
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        tile = self.config.data.tile_size
+        return (tile, tile, 3)
+
+
+def _decay_mask(params: dict) -> dict:
+    """Weight decay on matrices and conv kernels only (not biases, norms, tokens, position embeddings)."""
+    def decide(path, leaf) -> bool:
+        name = str(getattr(path[-1], "key", path[-1]))
+        return leaf.ndim >= 2 and name not in ("pos_embed", "cls_token")
+    return jax.tree_util.tree_map_with_path(decide, params)
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """AdamW with linear warm-up and cosine decay, optional global-norm clipping."""
+    opt = config.optimizer
+    schedule = optax.warmup_cosine_decay_schedule(
+        init_value=0.0,
+        peak_value=opt.learning_rate,
+        warmup_steps=opt.warmup_steps,
+        decay_steps=config.num_steps,
+        end_value=opt.learning_rate * 1e-2,
+    )
+    parts = [optax.clip_by_global_norm(opt.grad_clip_norm)] if opt.grad_clip_norm > 0 else []
+    parts.append(optax.adamw(schedule, b1=opt.b1, b2=opt.b2, weight_decay=opt.weight_decay, mask=_decay_mask))
+    return optax.chain(*parts), schedule
+
+
+def _model_factory(config: ml_collections.ConfigDict) -> Callable[[], nnx.Module]:
+    return lambda: build_model(config.model, config.data.crop_size, seed=config.seed)
+
+
+def make_trainer(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Trainer:
+    """Shapes the state abstractly, derives its FSDP shardings; allocates nothing."""
+    tx, schedule = make_optimizer(config)
+    graphdef, abstract_params = nnx.split(nnx.eval_shape(_model_factory(config)), nnx.Param)
+    abstract_params = abstract_params.to_pure_dict()
+    abstract_opt = jax.eval_shape(tx.init, abstract_params)
+    shardings = dict(
+        step=parallel.replicated(mesh),
+        params=parallel.param_shardings(abstract_params, mesh, config.mesh.fsdp_min_size),
+        opt_state=parallel.param_shardings(abstract_opt, mesh, config.mesh.fsdp_min_size),
+    )
+    return Trainer(config, mesh, graphdef, tx, schedule, shardings)
+
+
+def _init_fn(trainer: Trainer) -> Callable[[], State]:
+    factory = _model_factory(trainer.config)
+
+    def init() -> State:
+        params = nnx.split(factory(), nnx.Param)[1].to_pure_dict()
+        return dict(step=jnp.zeros((), jnp.int32), params=params, opt_state=trainer.tx.init(params))
+
+    return init
+
+
+def init_state(trainer: Trainer) -> State:
+    """Initial parameters and optimizer state, created directly in their sharded layout."""
+    return jax.jit(_init_fn(trainer), out_shardings=trainer.state_shardings)()
+
+
+def abstract_state(trainer: Trainer) -> State:
+    """ShapeDtypeStructs with the target shardings: the restore target for a checkpoint."""
+    return abstract_like(jax.eval_shape(_init_fn(trainer)), trainer.state_shardings)
+
+
+def loss_and_metrics(
+    params: dict, graphdef: nnx.GraphDef, tiles: jax.Array, key: jax.Array, config: ml_collections.ConfigDict
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """LMC loss of one global batch of uint8 tiles: K views on device → encoder → projector → loss."""
+    stain = StainAugConfig.from_config(config.lmc.stain) if config.lmc.stain_views else None
+    views = make_views(
+        key, tiles, num_views=config.lmc.num_views, crop_size=config.data.crop_size, stain=stain
+    )
+    projections = nnx.merge(graphdef, params)(views)
+    loss, terms = lmc_loss(projections, config.lmc.off_diagonal_weight)
+    return loss, terms
+
+
+def train_step(trainer: Trainer, state: State, tiles: jax.Array, base_key: jax.Array) -> tuple[State, dict]:
+    """One AdamW step; the augmentation key is folded from (seed key, step)."""
+    key = jax.random.fold_in(base_key, state["step"])
+    grad_fn = jax.value_and_grad(loss_and_metrics, has_aux=True)
+    (loss, terms), grads = grad_fn(state["params"], trainer.graphdef, tiles, key, trainer.config)
+    updates, opt_state = trainer.tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    metrics = dict(loss=loss, **terms, grad_norm=optax.global_norm(grads), learning_rate=trainer.schedule(state["step"]))
+    return dict(step=state["step"] + 1, params=params, opt_state=opt_state), metrics
+
+
+def compile_step(trainer: Trainer) -> Callable[[State, jax.Array, jax.Array], tuple[State, dict]]:
+    """`train_step` jitted over the mesh: state donated, batch sharded over (data, fsdp)."""
+    batch = parallel.batch_sharding(trainer.mesh, 4)
+    return jax.jit(
+        functools.partial(train_step, trainer),
+        in_shardings=(trainer.state_shardings, batch, parallel.replicated(trainer.mesh)),
+        out_shardings=(trainer.state_shardings, parallel.replicated(trainer.mesh)),
+        donate_argnums=(0,),
+    )
+
+
+def _check_finite(metrics: dict[str, float], step: int) -> None:
+    bad = [name for name, value in metrics.items() if not np.isfinite(value)]
+    if bad:
+        raise FloatingPointError(
+            f"step {step}: {', '.join(f'{n}={metrics[n]}' for n in bad)} is not finite; training stopped "
+            "without checkpointing this state. Lower optimizer.learning_rate or check the input data."
+        )
+
+
+def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, mesh: jax.sharding.Mesh | None = None) -> State:
+    """Trains from scratch or resumes from `workdir/checkpoints`; returns the final state."""
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    mesh = mesh or parallel.make_mesh(config.mesh.data, config.mesh.fsdp)
+    trainer = make_trainer(config, mesh)
+    data_iter = input_pipeline.make_train_iterator(
+        config, config.data.data_dir, process_index=jax.process_index(), process_count=jax.process_count()
+    )
+    checkpointer = Checkpointer(workdir / "checkpoints", max_to_keep=config.checkpoint.max_to_keep)
+    state, meta = None, {}
+    if config.resume:
+        restored = checkpointer.restore_latest(abstract_state(trainer), data_iter)
+        if restored is not None:
+            step, state, meta = restored
+            logging.info("resumed %s from step %d", workdir, step)
+    if state is None:
+        state = init_state(trainer)
+    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+    step_fn = compile_step(trainer)
+    base_key = jax.random.key(config.seed)
+    writer = MetricWriter(workdir)
+    start = int(state["step"])
+    images_seen = meta.get("images_seen", 0)
+    tick, tick_step = time.perf_counter(), start
+    for step in range(start, config.num_steps):
+        batch = parallel.host_to_global({"image": next(data_iter)["image"]}, mesh)
+        state, metrics = step_fn(state, batch["image"], base_key)
+        images_seen += config.batch_size
+        done = step + 1
+        if done % config.log_every_steps == 0 or done == config.num_steps:
+            values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            _check_finite(values, done)
+            elapsed = time.perf_counter() - tick
+            values["images_per_sec"] = (done - tick_step) * config.batch_size / max(elapsed, 1e-9)
+            values["eta_sec"] = (config.num_steps - done) * elapsed / max(done - tick_step, 1)
+            writer.write(done, values)
+            tick, tick_step = time.perf_counter(), done
+        if done % config.checkpoint.every_steps == 0 or done == config.num_steps:
+            loss = float(jax.device_get(metrics["loss"]))
+            _check_finite({"loss": loss}, done)
+            checkpointer.save(done, state, data_iter, {"step": done, "images_seen": images_seen})
+    checkpointer.close()
+    writer.close()
+    return state
+
+
+def load_params(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, mesh: jax.sharding.Mesh) -> tuple[
+    nnx.GraphDef, dict, int]:
+    """Newest checkpoint of a finished run: (graphdef, params, step); errors name the directory."""
+    directory = pathlib.Path(workdir) / "checkpoints"
+    trainer = make_trainer(config, mesh)
+    checkpointer = Checkpointer(directory, async_save=False)
+    steps = checkpointer.all_steps()
+    if not steps:
+        raise CheckpointError(
+            f"no checkpoint in {directory}: train first (python -m lmc_jax.main --config ... --workdir "
+            f"{pathlib.Path(workdir)}) or point eval.checkpoint at a trained workdir"
+        )
+    state, _ = checkpointer.restore(steps[-1], abstract_state(trainer))
+    checkpointer.close()
+    return trainer.graphdef, state["params"], steps[-1]
+
+
+def initial_params(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> tuple[nnx.GraphDef, dict]:
+    """Untrained parameters (the 'untrained' reference), same seed as training."""
+    trainer = make_trainer(config, mesh)
+    return trainer.graphdef, init_state(trainer)["params"]

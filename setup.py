@@ -1,0 +1,34 @@
+"""lmc-jax: stain- and scanner-invariant histopathology embeddings (Latent Manifold Compaction) in JAX."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="lmc-jax",
+    version="0.1.0",
+    description="Latent Manifold Compaction: stain-invariant ViT embeddings for histopathology, in JAX/Flax.",
+    python_requires=">=3.10",
+    packages=find_packages(include=["lmc_jax", "lmc_jax.*", "data_pipelines", "data_pipelines.*"]),
+    install_requires=[
+        "jax>=0.10",
+        "flax>=0.12",
+        "optax>=0.2.5",
+        "orbax-checkpoint>=0.12",
+        "tensorflow-datasets>=4.9.9",
+        "grain>=0.2.15",
+        "array-record>=0.8",
+        "numpy>=2.0",
+        "ml-collections>=1.1",
+        "absl-py>=2.1",
+        "importlib_resources>=6.0",  # TFDS needs it on Python 3.11 without TensorFlow
+        "tifffile>=2024.1",  # reads the embedded Aperio .svs
+        "imagecodecs>=2024.1",  # JPEG tiles inside the .svs
+        "pillow>=10.0",
+        "scikit-image>=0.22",  # ships ihc.png, the unseen-stain image
+        "scipy>=1.11",
+        "matplotlib>=3.8",
+        "tensorboardX>=2.6",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "hypothesis>=6.100", "scikit-learn>=1.4"],
+    },
+)

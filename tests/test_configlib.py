@@ -1,0 +1,57 @@
+"""Config validation: each bad value is refused naming its key; unknown keys are refused by the CLI."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from lmc_jax.configlib import ConfigError, validate
+from tests.tiny_config import tiny_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_default_and_tiny_configs_are_valid():
+    validate(tiny_config())
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("mode", "fit", "config.mode"),
+        ("batch_size", 0, "config.batch_size"),
+        ("data.crop_size", 40, "config.data.crop_size"),  # larger than the 32-px tile
+        ("data.crop_size", 20, "multiple of the patch size"),
+        ("model.variant", "Giant/8", "model.variant"),
+        ("model.dtype", "int8", "config.model.dtype"),
+        ("lmc.num_views", 1, "config.lmc.num_views"),
+        ("lmc.stain.hed_jitter", -0.1, "config.lmc.stain.hed_jitter"),
+        ("optimizer.warmup_steps", 100, "config.optimizer.warmup_steps"),
+        ("eval.references", ("untrained", "imagenet"), "config.eval.references"),
+    ],
+)
+def test_bad_values_name_their_key(key, value, message):
+    config = tiny_config()
+    parent, _, leaf = key.rpartition(".")
+    (config if not parent else config[parent] if "." not in parent else config.lmc.stain)[leaf] = value
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+        validate(config)
+
+
+def test_evaluate_mode_needs_a_checkpoint():
+    config = tiny_config()
+    config.mode = "evaluate"
+    with pytest.raises(ConfigError, match="eval.checkpoint"):
+        validate(config)
+
+
+def test_cli_refuses_unknown_key_and_wrong_type(tmp_path):
+    base = [sys.executable, "-m", "lmc_jax.main", "--config", "configs/default.py", "--workdir", str(tmp_path)]
+    unknown = subprocess.run(base + ["--config.optimizer.learnig_rate=0.1"], cwd=ROOT, capture_output=True, text=True)
+    assert unknown.returncode != 0
+    assert "learnig_rate" in unknown.stderr
+    wrong = subprocess.run(base + ["--config.batch_size=many"], cwd=ROOT, capture_output=True, text=True)
+    assert wrong.returncode != 0
+    assert "batch_size" in wrong.stderr
+    assert not any(tmp_path.iterdir())  # nothing was started
