@@ -75,7 +75,7 @@ def make_trainer(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> 
     """Shapes the state abstractly, derives its FSDP shardings; allocates nothing."""
     tx, schedule = make_optimizer(config)
     graphdef, abstract_params = nnx.split(nnx.eval_shape(_model_factory(config)), nnx.Param)
-    abstract_params = abstract_params.to_pure_dict()
+    abstract_params = nnx.to_pure_dict(abstract_params)
     abstract_opt = jax.eval_shape(tx.init, abstract_params)
     shardings = dict(
         step=parallel.replicated(mesh),
@@ -89,7 +89,7 @@ def _init_fn(trainer: Trainer) -> Callable[[], State]:
     factory = _model_factory(trainer.config)
 
     def init() -> State:
-        params = nnx.split(factory(), nnx.Param)[1].to_pure_dict()
+        params = nnx.to_pure_dict(nnx.split(factory(), nnx.Param)[1])
         return dict(step=jnp.zeros((), jnp.int32), params=params, opt_state=trainer.tx.init(params))
 
     return init
@@ -125,7 +125,7 @@ def train_step(trainer: Trainer, state: State, tiles: jax.Array, base_key: jax.A
     (loss, terms), grads = grad_fn(state["params"], trainer.graphdef, tiles, key, trainer.config)
     updates, opt_state = trainer.tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
-    metrics = dict(loss=loss, **terms, grad_norm=optax.global_norm(grads), learning_rate=trainer.schedule(state["step"]))
+    metrics = dict(loss=loss, **terms, grad_norm=optax.tree.norm(grads), learning_rate=trainer.schedule(state["step"]))
     return dict(step=state["step"] + 1, params=params, opt_state=opt_state), metrics
 
 
@@ -174,25 +174,27 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, mesh: 
     start = int(state["step"])
     images_seen = meta.get("images_seen", 0)
     tick, tick_step = time.perf_counter(), start
-    for step in range(start, config.num_steps):
-        batch = parallel.host_to_global({"image": next(data_iter)["image"]}, mesh)
-        state, metrics = step_fn(state, batch["image"], base_key)
-        images_seen += config.batch_size
-        done = step + 1
-        if done % config.log_every_steps == 0 or done == config.num_steps:
-            values = {k: float(v) for k, v in jax.device_get(metrics).items()}
-            _check_finite(values, done)
-            elapsed = time.perf_counter() - tick
-            values["images_per_sec"] = (done - tick_step) * config.batch_size / max(elapsed, 1e-9)
-            values["eta_sec"] = (config.num_steps - done) * elapsed / max(done - tick_step, 1)
-            writer.write(done, values)
-            tick, tick_step = time.perf_counter(), done
-        if done % config.checkpoint.every_steps == 0 or done == config.num_steps:
-            loss = float(jax.device_get(metrics["loss"]))
-            _check_finite({"loss": loss}, done)
-            checkpointer.save(done, state, data_iter, {"step": done, "images_seen": images_seen})
-    checkpointer.close()
-    writer.close()
+    try:
+        for step in range(start, config.num_steps):
+            batch = parallel.host_to_global({"image": next(data_iter)["image"]}, mesh)
+            state, metrics = step_fn(state, batch["image"], base_key)
+            images_seen += config.batch_size
+            done = step + 1
+            if done % config.log_every_steps == 0 or done == config.num_steps:
+                values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                _check_finite(values, done)
+                elapsed = time.perf_counter() - tick
+                values["images_per_sec"] = (done - tick_step) * config.batch_size / max(elapsed, 1e-9)
+                values["eta_sec"] = (config.num_steps - done) * elapsed / max(done - tick_step, 1)
+                writer.write(done, values)
+                tick, tick_step = time.perf_counter(), done
+            if done % config.checkpoint.every_steps == 0 or done == config.num_steps:
+                loss = float(jax.device_get(metrics["loss"]))
+                _check_finite({"loss": loss}, done)
+                checkpointer.save(done, state, data_iter, {"step": done, "images_seen": images_seen})
+    finally:  # on any exit, finish the saves already started: they are complete states
+        checkpointer.close()
+        writer.close()
     return state
 
 

@@ -1,0 +1,108 @@
+"""Training loop: crash + resume equals an uninterrupted run; corrupt checkpoints are set aside, never lost."""
+
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+
+from lmc_jax import checkpoint, parallel, train
+from tests.conftest import TINY_BUILDER
+from tests.tiny_config import tiny_config
+
+
+def _config(data_dir: pathlib.Path):
+    config = tiny_config()
+    config.data.data_dir = str(data_dir)
+    config.data.builder_config = TINY_BUILDER
+    return config
+
+
+def _crash_after(calls: int, fn):
+    """`fn`, but the call after `calls` calls raises: a run dying mid-way through a step."""
+    left = [calls]
+
+    def wrapped(*args, **kwargs):
+        if left[0] == 0:
+            raise KeyboardInterrupt("simulated crash")
+        left[0] -= 1
+        return fn(*args, **kwargs)
+
+    return wrapped
+
+
+def _params(state) -> list[np.ndarray]:
+    return [np.asarray(leaf) for leaf in jax.tree.leaves(jax.device_get(state["params"]))]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_data_dir, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("uninterrupted")
+    return workdir, train.train(_config(tiny_data_dir), workdir)
+
+
+def test_crash_then_resume_is_bit_identical(tiny_data_dir, tmp_path, monkeypatch, uninterrupted):
+    config = _config(tiny_data_dir)
+    original = parallel.host_to_global
+    monkeypatch.setattr(parallel, "host_to_global", _crash_after(4, original))
+    with pytest.raises(KeyboardInterrupt):
+        train.train(config, tmp_path)
+    monkeypatch.setattr(parallel, "host_to_global", original)
+    checkpointer = checkpoint.Checkpointer(tmp_path / "checkpoints")
+    checkpointer.wait()
+    assert checkpointer.all_steps() == [2, 4]  # died during step 5
+    resumed = train.train(config, tmp_path)
+    assert int(resumed["step"]) == config.num_steps
+    for got, want in zip(_params(resumed), _params(uninterrupted[1]), strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_metrics_are_logged(uninterrupted):
+    workdir, _ = uninterrupted
+    lines = (workdir / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 3  # every 2 of 6 steps
+    assert (workdir / "config.json").exists()
+    assert any((workdir / "tensorboard").iterdir())
+
+
+def test_corrupt_latest_checkpoint_is_set_aside_and_older_one_restored(tiny_data_dir, tmp_path, uninterrupted):
+    import shutil
+
+    workdir = tmp_path / "run"
+    shutil.copytree(uninterrupted[0], workdir)
+    steps = checkpoint.Checkpointer(workdir / "checkpoints").all_steps()
+    latest = workdir / "checkpoints" / str(steps[-1])
+    for path in (latest / "state").rglob("*"):
+        if path.is_file():
+            path.write_bytes(b"garbage")
+    config = _config(tiny_data_dir)
+    trainer = train.make_trainer(config, parallel.make_mesh())
+    restored = checkpoint.Checkpointer(workdir / "checkpoints").restore_latest(train.abstract_state(trainer), None)
+    assert restored is not None and restored[0] == steps[-2]
+    assert not latest.exists()
+    assert (latest.parent / f"{steps[-1]}{checkpoint.CORRUPT_SUFFIX}").is_dir()  # kept for inspection
+
+
+def test_explicit_restore_of_a_broken_step_names_the_directory(tiny_data_dir, tmp_path, uninterrupted):
+    import shutil
+
+    workdir = tmp_path / "run"
+    shutil.copytree(uninterrupted[0], workdir)
+    step = checkpoint.Checkpointer(workdir / "checkpoints").all_steps()[-1]
+    for path in (workdir / "checkpoints" / str(step) / "state").rglob("*"):
+        if path.is_file():
+            path.write_bytes(b"")
+    trainer = train.make_trainer(_config(tiny_data_dir), parallel.make_mesh())
+    with pytest.raises(checkpoint.CheckpointError, match=str(step)):
+        checkpoint.Checkpointer(workdir / "checkpoints").restore(step, train.abstract_state(trainer))
+    assert (workdir / "checkpoints" / str(step)).is_dir()
+
+
+def test_missing_checkpoint_is_a_clear_error(tiny_data_dir, tmp_path):
+    with pytest.raises(checkpoint.CheckpointError, match="no checkpoint"):
+        train.load_params(_config(tiny_data_dir), tmp_path, parallel.make_mesh())
+
+
+def test_non_finite_metric_stops_with_step_and_name():
+    with pytest.raises(FloatingPointError, match=r"step 7: loss=nan"):
+        train._check_finite({"loss": float("nan"), "grad_norm": 1.0}, 7)
