@@ -63,12 +63,22 @@ def get_config() -> ml_collections.ConfigDict:
     config.optimizer.b1 = 0.9
     config.optimizer.b2 = 0.999
     config.optimizer.grad_clip_norm = 1.0  # 0 disables
+    config.optimizer.grad_accum_steps = 1  # micro-batches per step (the loss is then per micro-batch)
+    config.optimizer.ema_decay = 0.0  # EMA of the weights (e.g. 0.999); 0 disables
 
     # Parallelism
     config.mesh = ml_collections.ConfigDict()
     config.mesh.data = -1  # -1: all devices not used by fsdp
     config.mesh.fsdp = 1
     config.mesh.fsdp_min_size = 2**14  # arrays with fewer elements stay replicated under FSDP
+
+    # Multi-process (multi-host) runs; Cloud TPU and SLURM set these up from their environment
+    config.distributed = ml_collections.ConfigDict()
+    config.distributed.coordinator_address = ""  # host:port of process 0; empty = single process / auto
+    config.distributed.num_processes = 1
+    config.distributed.process_id = 0
+    config.distributed.auto = False  # True on Cloud TPU pods: jax.distributed finds the workers itself
+    config.distributed.cpu_collectives = "gloo"  # collectives between processes on the CPU backend
 
     # Checkpoints and logs
     config.checkpoint = ml_collections.ConfigDict()
@@ -78,6 +88,7 @@ def get_config() -> ml_collections.ConfigDict:
 
     # Evaluation (runs at the end of training)
     config.eval = ml_collections.ConfigDict()
+    config.eval.at_end = True  # mode=train: evaluate (and train the references) after training
     config.eval.references = ("untrained", "geometric_only")  # encoders compared with LMC
     config.eval.batch_size = 256
     config.eval.probe_l2 = 1e-2  # L2 strength of the logistic-regression probe

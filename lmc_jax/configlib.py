@@ -54,6 +54,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
              f"must be in [0, num_steps={config.num_steps})")
     _require(opt.weight_decay >= 0, "optimizer.weight_decay", opt.weight_decay, "must be ≥ 0")
     _require(opt.grad_clip_norm >= 0, "optimizer.grad_clip_norm", opt.grad_clip_norm, "must be ≥ 0 (0 disables)")
+    _require(opt.grad_accum_steps >= 1 and config.batch_size % opt.grad_accum_steps == 0,
+             "optimizer.grad_accum_steps", opt.grad_accum_steps, f"must be ≥ 1 and divide batch_size={config.batch_size}")
+    _require(0 <= opt.ema_decay < 1, "optimizer.ema_decay", opt.ema_decay, "must be in [0, 1); 0 disables")
+    dist = config.distributed
+    _require(dist.num_processes >= 1, "distributed.num_processes", dist.num_processes, "must be ≥ 1")
+    _require(0 <= dist.process_id < dist.num_processes, "distributed.process_id", dist.process_id,
+             f"must be in [0, num_processes={dist.num_processes})")
+    _require(dist.num_processes == 1 or bool(dist.coordinator_address), "distributed.coordinator_address",
+             dist.coordinator_address, "multi-process runs need host:port of process 0")
     _require(config.checkpoint.every_steps > 0, "checkpoint.every_steps", config.checkpoint.every_steps,
              "must be a positive integer")
     _require(config.log_every_steps > 0, "log_every_steps", config.log_every_steps, "must be a positive integer")

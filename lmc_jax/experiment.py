@@ -54,10 +54,12 @@ def _announce(metrics: dict, paths: dict) -> None:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
-    """Builds the embedded data if needed, trains LMC and the trained references, evaluates all."""
+    """Builds the embedded data if needed, trains LMC, then (eval.at_end) the trained references, evaluates all."""
     input_pipeline.ensure_built(config)
     mesh = parallel.make_mesh(config.mesh.data, config.mesh.fsdp)
     train.train(config, workdir, mesh)
+    if not config.eval.at_end:
+        return {}
     for name in config.eval.references:
         if name != "untrained":
             logging.info("training reference %r", name)

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import logging
 import pathlib
+import sys
 
 from absl import app, flags
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).")
+PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, what schedulers expect from a terminated job
+
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and the evaluation report.")
 
 
@@ -23,6 +26,7 @@ def main(argv: list[str]) -> None:
 
     from lmc_jax import configlib, parallel
     from lmc_jax import experiment
+    from lmc_jax.preemption import Preempted
 
     config = _CONFIG.value
     configlib.validate(config)
@@ -30,7 +34,11 @@ def main(argv: list[str]) -> None:
     logging.info("devices: %s", jax.devices())
     workdir = pathlib.Path(_WORKDIR.value)
     if config.mode == "train":
-        experiment.train_and_evaluate(config, workdir)
+        try:
+            experiment.train_and_evaluate(config, workdir)
+        except Preempted as preempted:
+            logging.warning("%s", preempted)
+            sys.exit(PREEMPTED_EXIT_CODE)
     elif config.mode == "evaluate":
         experiment.evaluate_workdir(config, pathlib.Path(config.eval.checkpoint), workdir)
 

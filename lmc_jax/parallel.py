@@ -20,15 +20,17 @@ BATCH_AXES = ("data", "fsdp")
 def maybe_initialize_distributed(config) -> None:
     """Calls `jax.distributed.initialize` only when this is truly a multi-process job.
 
-    Multi-process when `config.distributed.num_processes > 1`, or when the usual environment
-    (Cloud TPU pod, SLURM, `JAX_COORDINATOR_ADDRESS`) says so. A single non-TPU host must not
-    call it: it fails there.
+    Explicit: `config.distributed.num_processes > 1` with coordinator/process id (CPU clusters, tests).
+    Automatic: `config.distributed.auto` (Cloud TPU pods: JAX finds its peers itself) or a SLURM /
+    `JAX_COORDINATOR_ADDRESS` environment. A single non-TPU host must not call it: it fails there.
     """
-    dist = config.get("distributed")
-    explicit = dist is not None and dist.get("num_processes", 1) > 1
+    dist = config.distributed
+    explicit = dist.num_processes > 1
     from_env = "JAX_COORDINATOR_ADDRESS" in os.environ or int(os.environ.get("SLURM_NTASKS", "1")) > 1
-    if not (explicit or from_env):
+    if not (explicit or dist.auto or from_env):
         return
+    if dist.cpu_collectives:
+        jax.config.update("jax_cpu_collectives_implementation", dist.cpu_collectives)
     kwargs = {}
     if explicit:
         kwargs = dict(
@@ -36,8 +38,6 @@ def maybe_initialize_distributed(config) -> None:
             num_processes=dist.num_processes,
             process_id=dist.process_id,
         )
-        if dist.get("local_device_ids") is not None:
-            kwargs["local_device_ids"] = list(dist.local_device_ids)
     jax.distributed.initialize(**kwargs)
     logging.info("jax.distributed: process %d of %d", jax.process_index(), jax.process_count())
 

@@ -21,10 +21,12 @@ from lmc_jax import parallel
 from lmc_jax.checkpoint import CheckpointError, Checkpointer, abstract_like
 from lmc_jax.losses import lmc_loss
 from lmc_jax.models.vit import build_model
+from lmc_jax.preemption import Preempted, PreemptionWatch
 from lmc_jax.stain.augment import StainAugConfig, make_views
+from lmc_jax.throughput import compiled_flops, mfu
 from lmc_jax.writers import MetricWriter
 
-State = dict[str, Any]  # {"step": int32 scalar, "params": pure dict, "opt_state": optax state}
+State = dict[str, Any]  # {"step": int32, "params": pure dict, "opt_state": optax state[, "ema_params"]}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +84,8 @@ def make_trainer(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> 
         params=parallel.param_shardings(abstract_params, mesh, config.mesh.fsdp_min_size),
         opt_state=parallel.param_shardings(abstract_opt, mesh, config.mesh.fsdp_min_size),
     )
+    if config.optimizer.ema_decay > 0:
+        shardings["ema_params"] = shardings["params"]
     return Trainer(config, mesh, graphdef, tx, schedule, shardings)
 
 
@@ -90,7 +94,10 @@ def _init_fn(trainer: Trainer) -> Callable[[], State]:
 
     def init() -> State:
         params = nnx.to_pure_dict(nnx.split(factory(), nnx.Param)[1])
-        return dict(step=jnp.zeros((), jnp.int32), params=params, opt_state=trainer.tx.init(params))
+        state = dict(step=jnp.zeros((), jnp.int32), params=params, opt_state=trainer.tx.init(params))
+        if trainer.config.optimizer.ema_decay > 0:
+            state["ema_params"] = jax.tree.map(jnp.copy, params)
+        return state
 
     return init
 
@@ -118,15 +125,47 @@ def loss_and_metrics(
     return loss, terms
 
 
+def _accumulated_grads(trainer: Trainer, params: dict, tiles: jax.Array, key: jax.Array):
+    """Loss, terms and gradients averaged over `grad_accum_steps` micro-batches (one pass when 1).
+
+    Micro-batch m takes every A-th example (strided), so each one stays spread over all devices.
+    The cross-correlation is then normalised per micro-batch: the loss is the mean of micro-batch losses.
+    """
+    config = trainer.config
+    grad_fn = jax.value_and_grad(
+        functools.partial(loss_and_metrics, graphdef=trainer.graphdef, config=config), has_aux=True
+    )
+    accum = config.optimizer.grad_accum_steps
+    if accum == 1:
+        return grad_fn(params, tiles=tiles, key=key)
+    micro = jnp.swapaxes(tiles.reshape(tiles.shape[0] // accum, accum, *tiles.shape[1:]), 0, 1)
+    micro = jax.lax.with_sharding_constraint(
+        micro, jax.sharding.NamedSharding(trainer.mesh, jax.sharding.PartitionSpec(None, parallel.BATCH_AXES))
+    )
+
+    def body(carry, xs):
+        index, micro_tiles = xs
+        out = grad_fn(params, tiles=micro_tiles, key=jax.random.fold_in(key, index))
+        return jax.tree.map(jnp.add, carry, out), None
+
+    shapes = jax.eval_shape(lambda p, t, k: grad_fn(p, tiles=t, key=k), params, micro[0], key)
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+    total, _ = jax.lax.scan(body, zeros, (jnp.arange(accum), micro))
+    return jax.tree.map(lambda x: x / accum, total)
+
+
 def train_step(trainer: Trainer, state: State, tiles: jax.Array, base_key: jax.Array) -> tuple[State, dict]:
-    """One AdamW step; the augmentation key is folded from (seed key, step)."""
+    """One AdamW step (+ EMA of the weights when enabled); the augmentation key is folded from (seed, step)."""
     key = jax.random.fold_in(base_key, state["step"])
-    grad_fn = jax.value_and_grad(loss_and_metrics, has_aux=True)
-    (loss, terms), grads = grad_fn(state["params"], trainer.graphdef, tiles, key, trainer.config)
+    (loss, terms), grads = _accumulated_grads(trainer, state["params"], tiles, key)
     updates, opt_state = trainer.tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     metrics = dict(loss=loss, **terms, grad_norm=optax.tree.norm(grads), learning_rate=trainer.schedule(state["step"]))
-    return dict(step=state["step"] + 1, params=params, opt_state=opt_state), metrics
+    new_state = dict(step=state["step"] + 1, params=params, opt_state=opt_state)
+    if "ema_params" in state:
+        decay = trainer.config.optimizer.ema_decay
+        new_state["ema_params"] = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, state["ema_params"], params)
+    return new_state, metrics
 
 
 def compile_step(trainer: Trainer) -> Callable[[State, jax.Array, jax.Array], tuple[State, dict]]:
@@ -149,8 +188,23 @@ def _check_finite(metrics: dict[str, float], step: int) -> None:
         )
 
 
+def _restore_or_init(trainer: Trainer, checkpointer: Checkpointer, data_iter, workdir: pathlib.Path) -> tuple[State, dict]:
+    """Resume is the default: newest restorable checkpoint in the workdir, else a fresh initialisation."""
+    if trainer.config.resume:
+        restored = checkpointer.restore_latest(abstract_state(trainer), data_iter)
+        if restored is not None:
+            step, state, meta = restored
+            logging.info("resumed %s from step %d", workdir, step)
+            return state, meta
+    return init_state(trainer), {}
+
+
 def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, mesh: jax.sharding.Mesh | None = None) -> State:
-    """Trains from scratch or resumes from `workdir/checkpoints`; returns the final state."""
+    """Trains from scratch or resumes from `workdir/checkpoints`; returns the final state.
+
+    SIGTERM makes it checkpoint the step in progress and raise `Preempted`; a non-finite metric
+    raises FloatingPointError before that state is saved.
+    """
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     mesh = mesh or parallel.make_mesh(config.mesh.data, config.mesh.fsdp)
@@ -159,40 +213,47 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, mesh: 
         config, config.data.data_dir, process_index=jax.process_index(), process_count=jax.process_count()
     )
     checkpointer = Checkpointer(workdir / "checkpoints", max_to_keep=config.checkpoint.max_to_keep)
-    state, meta = None, {}
-    if config.resume:
-        restored = checkpointer.restore_latest(abstract_state(trainer), data_iter)
-        if restored is not None:
-            step, state, meta = restored
-            logging.info("resumed %s from step %d", workdir, step)
-    if state is None:
-        state = init_state(trainer)
-    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
-    step_fn = compile_step(trainer)
+    state, meta = _restore_or_init(trainer, checkpointer, data_iter, workdir)
+    if jax.process_index() == 0:
+        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
     base_key = jax.random.key(config.seed)
-    writer = MetricWriter(workdir)
     start = int(state["step"])
+    writer = MetricWriter(workdir, total_steps=config.num_steps)
+    preemption = PreemptionWatch()
     images_seen = meta.get("images_seen", 0)
+    step_fn, flops = None, None
     tick, tick_step = time.perf_counter(), start
     try:
         for step in range(start, config.num_steps):
-            batch = parallel.host_to_global({"image": next(data_iter)["image"]}, mesh)
-            state, metrics = step_fn(state, batch["image"], base_key)
+            tiles = parallel.host_to_global({"image": next(data_iter)["image"]}, mesh)["image"]
+            if step_fn is None:  # compile once, read the FLOPs of the compiled step for MFU
+                step_fn = compile_step(trainer).lower(state, tiles, base_key).compile()
+                flops = compiled_flops(step_fn)
+            state, metrics = step_fn(state, tiles, base_key)
             images_seen += config.batch_size
             done = step + 1
+            writer.progress(done, metrics)
             if done % config.log_every_steps == 0 or done == config.num_steps:
                 values = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 _check_finite(values, done)
                 elapsed = time.perf_counter() - tick
-                values["images_per_sec"] = (done - tick_step) * config.batch_size / max(elapsed, 1e-9)
-                values["eta_sec"] = (config.num_steps - done) * elapsed / max(done - tick_step, 1)
+                seconds_per_step = elapsed / max(done - tick_step, 1)
+                values["images_per_sec"] = config.batch_size / max(seconds_per_step, 1e-9)
+                values["step_time_sec"] = seconds_per_step
+                values["eta_sec"] = (config.num_steps - done) * seconds_per_step
+                utilisation = mfu(flops, seconds_per_step, jax.devices()[0])
+                if utilisation is not None:
+                    values["mfu"] = utilisation
                 writer.write(done, values)
                 tick, tick_step = time.perf_counter(), done
-            if done % config.checkpoint.every_steps == 0 or done == config.num_steps:
-                loss = float(jax.device_get(metrics["loss"]))
-                _check_finite({"loss": loss}, done)
+            preempted = preemption.requested()
+            if preempted or done % config.checkpoint.every_steps == 0 or done == config.num_steps:
+                _check_finite({"loss": float(jax.device_get(metrics["loss"]))}, done)
                 checkpointer.save(done, state, data_iter, {"step": done, "images_seen": images_seen})
+            if preempted:
+                raise Preempted(done)
     finally:  # on any exit, finish the saves already started: they are complete states
+        preemption.close()
         checkpointer.close()
         writer.close()
     return state

@@ -106,3 +106,34 @@ def test_missing_checkpoint_is_a_clear_error(tiny_data_dir, tmp_path):
 def test_non_finite_metric_stops_with_step_and_name():
     with pytest.raises(FloatingPointError, match=r"step 7: loss=nan"):
         train._check_finite({"loss": float("nan"), "grad_norm": 1.0}, 7)
+
+
+def test_gradient_accumulation_averages_strided_micro_batches(tiny_data_dir):
+    config = _config(tiny_data_dir)
+    config.optimizer.grad_accum_steps = 2
+    trainer = train.make_trainer(config, parallel.make_mesh())
+    params = train.init_state(trainer)["params"]
+    tiles = jax.numpy.asarray(np.random.default_rng(0).integers(0, 256, (16, 32, 32, 3), dtype=np.uint8))
+    key = jax.random.key(3)
+    (loss, _), grads = jax.jit(lambda p, t: train._accumulated_grads(trainer, p, t, key))(params, tiles)
+    grad_fn = jax.value_and_grad(train.loss_and_metrics, has_aux=True)
+    parts = [grad_fn(params, trainer.graphdef, tiles[m::2], jax.random.fold_in(key, m), config) for m in range(2)]
+    np.testing.assert_allclose(loss, (parts[0][0][0] + parts[1][0][0]) / 2, rtol=1e-5)
+    want = jax.tree.map(lambda a, b: (a + b) / 2, parts[0][1], parts[1][1])
+    scale = max(float(np.abs(leaf).max()) for leaf in jax.tree.leaves(want))
+    for got, expected in zip(jax.tree.leaves(grads), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(got, expected, atol=1e-5 * scale)
+
+
+def test_ema_tracks_parameters(tiny_data_dir):
+    config = _config(tiny_data_dir)
+    config.optimizer.ema_decay = 0.5
+    trainer = train.make_trainer(config, parallel.make_mesh())
+    state = train.init_state(trainer)
+    before = jax.device_get(state["params"])
+    tiles = jax.numpy.asarray(np.random.default_rng(0).integers(0, 256, (16, 32, 32, 3), dtype=np.uint8))
+    state, _ = train.compile_step(trainer)(state, tiles, jax.random.key(0))
+    after = jax.device_get(state["params"])
+    for ema, b, a in zip(jax.tree.leaves(jax.device_get(state["ema_params"])), jax.tree.leaves(before),
+                         jax.tree.leaves(after), strict=True):
+        np.testing.assert_allclose(ema, 0.5 * b + 0.5 * a, atol=1e-6)

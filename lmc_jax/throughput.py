@@ -1,0 +1,49 @@
+"""Model FLOPs utilisation: compiled FLOPs per step over the devices' peak, from a table of known peaks."""
+
+from __future__ import annotations
+
+import jax
+
+# Dense peak FLOP/s per chip for the compute dtype (vendor data sheets; bf16 without sparsity).
+PEAK_FLOPS_BF16: dict[str, float] = {
+    "TPU v4": 275e12,
+    "TPU v5 lite": 197e12,
+    "TPU v5e": 197e12,
+    "TPU v5p": 459e12,
+    "TPU v5": 459e12,
+    "TPU v6 lite": 918e12,
+    "TPU v6e": 918e12,
+    "NVIDIA H100 80GB HBM3": 989e12,
+    "NVIDIA H100": 989e12,
+    "NVIDIA H200": 989e12,
+    "NVIDIA A100-SXM4-80GB": 312e12,
+    "NVIDIA A100-SXM4-40GB": 312e12,
+    "NVIDIA A100": 312e12,
+}
+
+
+def peak_flops(device: jax.Device) -> float | None:
+    """Peak bf16 FLOP/s of one device, or None when unknown (CPUs): MFU is then not reported."""
+    kind = device.device_kind
+    if kind in PEAK_FLOPS_BF16:
+        return PEAK_FLOPS_BF16[kind]
+    matches = [name for name in PEAK_FLOPS_BF16 if kind.startswith(name)]
+    return PEAK_FLOPS_BF16[max(matches, key=len)] if matches else None
+
+
+def compiled_flops(compiled: jax.stages.Compiled) -> float | None:
+    """FLOPs of one call of a compiled (per-device, SPMD-partitioned) program, from XLA's cost analysis."""
+    cost = compiled.cost_analysis()
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0] if cost else None
+    if not cost or "flops" not in cost:
+        return None
+    return float(cost["flops"])
+
+
+def mfu(flops_per_step: float | None, seconds_per_step: float, device: jax.Device) -> float | None:
+    """Fraction of the device's peak achieved; None when FLOPs or the peak are unknown."""
+    peak = peak_flops(device)
+    if flops_per_step is None or peak is None or seconds_per_step <= 0:
+        return None
+    return flops_per_step / seconds_per_step / peak

@@ -1,0 +1,101 @@
+"""Preemption through the real CLI: SIGTERM checkpoints and exits 143; SIGKILL mid-run resumes bit-identically."""
+
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+
+from lmc_jax import parallel, train
+from lmc_jax.main import PREEMPTED_EXIT_CODE
+from tests.conftest import TINY_BUILDER
+from tests.tiny_config import tiny_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _overrides(data_dir, num_steps: int, every: int) -> list[str]:
+    config = tiny_config()
+    pairs = {
+        "data.data_dir": data_dir, "data.builder_config": TINY_BUILDER, "eval.at_end": False,
+        "model.variant": config.model.variant, "model.projector_dims": "(32,32)", "data.tile_size": 32,
+        "data.crop_size": 24, "batch_size": 16, "num_steps": num_steps, "optimizer.warmup_steps": 2,
+        "checkpoint.every_steps": every, "log_every_steps": 1,
+    }
+    return [f"--config.{key}={value}" for key, value in pairs.items()]
+
+
+def _start(workdir, overrides) -> subprocess.Popen:
+    """The CLI in a subprocess; its log goes to a file (a pipe nobody reads would fill and block it)."""
+    cmd = [sys.executable, "-m", "lmc_jax.main", "--config", "configs/default.py", "--workdir", str(workdir), *overrides]
+    log = pathlib.Path(str(workdir) + ".log")
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(log, "a"))
+    proc.log = log
+    return proc
+
+
+def _tail(proc) -> str:
+    return proc.log.read_text()[-3000:]
+
+
+def _wait_for(predicate, proc, timeout=240.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert proc.poll() is None, _tail(proc)
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def _logged_steps(workdir: pathlib.Path) -> list[int]:
+    path = workdir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    import json
+    return [json.loads(line)["step"] for line in path.read_text().splitlines() if line.strip()]
+
+
+def _steps_on_disk(workdir: pathlib.Path) -> list[int]:
+    directory = workdir / "checkpoints"
+    return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit()) if directory.exists() else []
+
+
+def _final_params(workdir, data_dir) -> list[np.ndarray]:
+    config = tiny_config()
+    config.data.data_dir, config.data.builder_config = str(data_dir), TINY_BUILDER
+    _, params, _ = train.load_params(config, workdir, parallel.make_mesh(devices=jax.devices()[:1]))
+    return [np.asarray(leaf) for leaf in jax.tree.leaves(jax.device_get(params))]
+
+
+def test_sigterm_saves_the_current_step_and_resume_continues_from_it(tiny_data_dir, tmp_path):
+    overrides = _overrides(tiny_data_dir, num_steps=100_000, every=100_000)
+    proc = _start(tmp_path, overrides)
+    _wait_for(lambda: len(_logged_steps(tmp_path)) >= 3, proc)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == PREEMPTED_EXIT_CODE
+    (saved,) = _steps_on_disk(tmp_path)
+    assert saved >= 3
+    logged = _logged_steps(tmp_path)
+    assert logged[-1] == saved  # the step in progress was completed, then saved
+    resumed = _start(tmp_path, _overrides(tiny_data_dir, num_steps=saved + 2, every=100_000))
+    assert resumed.wait(timeout=240) == 0, _tail(resumed)
+    assert _logged_steps(tmp_path)[len(logged):] == [saved + 1, saved + 2]
+
+
+def test_sigkill_mid_run_then_restart_is_bit_identical(tiny_data_dir, tmp_path):
+    overrides = _overrides(tiny_data_dir, num_steps=30, every=5)
+    reference = _start(tmp_path / "reference", overrides)
+    assert reference.wait(timeout=300) == 0, _tail(reference)
+    killed = _start(tmp_path / "killed", overrides)
+    _wait_for(lambda: max(_steps_on_disk(tmp_path / "killed"), default=0) >= 10, killed)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait(timeout=60)
+    assert max(_steps_on_disk(tmp_path / "killed")) < 30
+    restarted = _start(tmp_path / "killed", overrides)
+    assert restarted.wait(timeout=300) == 0, _tail(restarted)
+    for got, want in zip(_final_params(tmp_path / "killed", tiny_data_dir),
+                         _final_params(tmp_path / "reference", tiny_data_dir), strict=True):
+        np.testing.assert_array_equal(got, want)
