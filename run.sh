@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # ./run.sh        install into .venv, then train + evaluate LMC on the embedded slide (CPU)
 # ./run.sh test   install (with test extras), then run the test suite
+# ./run.sh tpu --name N --zone Z --config configs/X.py --workdir gs://... [--dry-run]   launch on a Cloud TPU VM
 set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python3}
@@ -28,8 +29,11 @@ case "$command" in
     install test
     exec "$VENV/bin/python" -m pytest -q tests "$@"
     ;;
+  tpu)  # launch on every worker of a Cloud TPU VM; no local install needed
+    exec "$PYTHON" -m lmc_jax.launch.tpu "$@"
+    ;;
   *)
-    echo "usage: ./run.sh [run|test] [extra arguments]" >&2
+    echo "usage: ./run.sh [run|test|tpu] [extra arguments]" >&2
     exit 2
     ;;
 esac

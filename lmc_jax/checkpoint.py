@@ -8,14 +8,21 @@ or deleted: it is moved aside to `<step>.unrestorable` and the next older one is
 from __future__ import annotations
 
 import logging
-import pathlib
+import os
 from typing import Any
 
+from etils import epath
 import grain
 import jax
 import orbax.checkpoint as ocp
 
 CORRUPT_SUFFIX = ".unrestorable"
+
+
+def absolute(path: epath.PathLike) -> epath.Path:
+    """Absolute local path, or the cloud path (gs://...) unchanged: orbax wants absolute directories."""
+    text = str(path)
+    return epath.Path(text) if "://" in text else epath.Path(os.path.abspath(text))
 
 
 class CheckpointError(RuntimeError):
@@ -34,8 +41,8 @@ def abstract_like(tree: Any, shardings: Any | None = None) -> Any:
 class Checkpointer:
     """Save/restore of {state, data_iter, meta} under one directory, one subdirectory per step."""
 
-    def __init__(self, directory: str | pathlib.Path, *, max_to_keep: int = 3, async_save: bool = True):
-        self.directory = pathlib.Path(directory).absolute()
+    def __init__(self, directory: epath.PathLike, *, max_to_keep: int = 3, async_save: bool = True):
+        self.directory = absolute(directory)
         self._options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save
         )

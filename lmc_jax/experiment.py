@@ -8,8 +8,8 @@ embeddings.png).
 from __future__ import annotations
 
 import logging
-import pathlib
 
+from etils import epath
 import jax
 import ml_collections
 
@@ -30,7 +30,7 @@ def reference_config(config: ml_collections.ConfigDict, name: str) -> ml_collect
     return ref
 
 
-def _encoders(config: ml_collections.ConfigDict, workdir: pathlib.Path, mesh) -> dict:
+def _encoders(config: ml_collections.ConfigDict, workdir: epath.Path, mesh) -> dict:
     """LMC from `workdir` plus the references the config lists, as tile → embedding functions."""
     crop = config.data.crop_size
     graphdef, params, step = train.load_params(config, workdir, mesh)
@@ -53,7 +53,7 @@ def _announce(metrics: dict, paths: dict) -> None:
             print(f"{kind}: {path}")
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.Path) -> dict:
     """Builds the embedded data if needed, trains LMC, then (eval.at_end) the trained references, evaluates all."""
     input_pipeline.ensure_built(config)
     mesh = parallel.make_mesh(config.mesh.data, config.mesh.fsdp)
@@ -69,7 +69,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path)
     return metrics
 
 
-def evaluate_workdir(config: ml_collections.ConfigDict, run_dir: pathlib.Path, workdir: pathlib.Path) -> dict:
+def evaluate_workdir(config: ml_collections.ConfigDict, run_dir: epath.Path, workdir: epath.Path) -> dict:
     """Evaluates a finished run (its LMC checkpoint and references) into `workdir/eval`."""
     mesh = parallel.make_mesh(config.mesh.data, config.mesh.fsdp)
     metrics, paths = pipeline.evaluate_encoders(config, _encoders(config, run_dir, mesh), workdir / "eval")

@@ -7,10 +7,10 @@ evaluates; `evaluate` evaluates an existing run.
 from __future__ import annotations
 
 import logging
-import pathlib
 import sys
 
 from absl import app, flags
+from etils import epath
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).")
@@ -32,7 +32,7 @@ def main(argv: list[str]) -> None:
     configlib.validate(config)
     parallel.maybe_initialize_distributed(config)
     logging.info("devices: %s", jax.devices())
-    workdir = pathlib.Path(_WORKDIR.value)
+    workdir = epath.Path(_WORKDIR.value)
     if config.mode == "train":
         try:
             experiment.train_and_evaluate(config, workdir)
@@ -40,7 +40,7 @@ def main(argv: list[str]) -> None:
             logging.warning("%s", preempted)
             sys.exit(PREEMPTED_EXIT_CODE)
     elif config.mode == "evaluate":
-        experiment.evaluate_workdir(config, pathlib.Path(config.eval.checkpoint), workdir)
+        experiment.evaluate_workdir(config, epath.Path(config.eval.checkpoint), workdir)
 
 
 if __name__ == "__main__":

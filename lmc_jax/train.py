@@ -5,10 +5,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import pathlib
 import time
 from typing import Any, Callable
 
+from etils import epath
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -188,7 +188,7 @@ def _check_finite(metrics: dict[str, float], step: int) -> None:
         )
 
 
-def _restore_or_init(trainer: Trainer, checkpointer: Checkpointer, data_iter, workdir: pathlib.Path) -> tuple[State, dict]:
+def _restore_or_init(trainer: Trainer, checkpointer: Checkpointer, data_iter, workdir: epath.Path) -> tuple[State, dict]:
     """Resume is the default: newest restorable checkpoint in the workdir, else a fresh initialisation."""
     if trainer.config.resume:
         restored = checkpointer.restore_latest(abstract_state(trainer), data_iter)
@@ -199,13 +199,13 @@ def _restore_or_init(trainer: Trainer, checkpointer: Checkpointer, data_iter, wo
     return init_state(trainer), {}
 
 
-def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, mesh: jax.sharding.Mesh | None = None) -> State:
+def train(config: ml_collections.ConfigDict, workdir: epath.PathLike, mesh: jax.sharding.Mesh | None = None) -> State:
     """Trains from scratch or resumes from `workdir/checkpoints`; returns the final state.
 
     SIGTERM makes it checkpoint the step in progress and raise `Preempted`; a non-finite metric
     raises FloatingPointError before that state is saved.
     """
-    workdir = pathlib.Path(workdir)
+    workdir = epath.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     mesh = mesh or parallel.make_mesh(config.mesh.data, config.mesh.fsdp)
     trainer = make_trainer(config, mesh)
@@ -259,17 +259,17 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, mesh: 
     return state
 
 
-def load_params(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, mesh: jax.sharding.Mesh) -> tuple[
+def load_params(config: ml_collections.ConfigDict, workdir: epath.PathLike, mesh: jax.sharding.Mesh) -> tuple[
     nnx.GraphDef, dict, int]:
     """Newest checkpoint of a finished run: (graphdef, params, step); errors name the directory."""
-    directory = pathlib.Path(workdir) / "checkpoints"
+    directory = epath.Path(workdir) / "checkpoints"
     trainer = make_trainer(config, mesh)
     checkpointer = Checkpointer(directory, async_save=False)
     steps = checkpointer.all_steps()
     if not steps:
         raise CheckpointError(
             f"no checkpoint in {directory}: train first (python -m lmc_jax.main --config ... --workdir "
-            f"{pathlib.Path(workdir)}) or point eval.checkpoint at a trained workdir"
+            f"{epath.Path(workdir)}) or point eval.checkpoint at a trained workdir"
         )
     state, _ = checkpointer.restore(steps[-1], abstract_state(trainer))
     checkpointer.close()

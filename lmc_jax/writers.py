@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
-import pathlib
 import sys
 
+from etils import epath
 import jax
 from tensorboardX import SummaryWriter
 
@@ -14,12 +14,12 @@ from tensorboardX import SummaryWriter
 class MetricWriter:
     """Writes scalars to `workdir/metrics.jsonl` and `workdir/tensorboard/` (process 0 only)."""
 
-    def __init__(self, workdir: str | pathlib.Path, total_steps: int = 0):
+    def __init__(self, workdir: epath.PathLike, total_steps: int = 0):
         self.enabled = jax.process_index() == 0
         self.total_steps = total_steps
         self.interactive = self.enabled and sys.stderr.isatty()
         self._last_line = ""
-        workdir = pathlib.Path(workdir)
+        workdir = epath.Path(workdir)
         if self.enabled:
             self._jsonl = open(workdir / "metrics.jsonl", "a", encoding="utf-8")
             self._tb = SummaryWriter(str(workdir / "tensorboard"))
