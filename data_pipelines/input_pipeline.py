@@ -33,8 +33,9 @@ def _build_hint(name: str, data_dir: str | pathlib.Path, config_name: str) -> st
             "Build it with: python -c \"from data_pipelines.builders.cmu_small_region import build_dataset; "
             f"build_dataset('{data_dir}', tile_size={tile_size})\""
         )
-    return (f"Build it with its TFDS builder in data_pipelines/builders/{name} "
-            "(download_and_prepare(file_format='array_record')).")
+    return (f"Build it with: python -m data_pipelines.build --name {name} --config {config_name} "
+            f"--data_dir {data_dir} --manual_dir <folder with the downloaded files> "
+            f"(expected layout: data_pipelines/builders/{name}), or set --config.data.manual_dir.")
 
 
 def data_source(config: ml_collections.ConfigDict, data_dir: str | pathlib.Path, split: str) -> Any:
@@ -51,9 +52,16 @@ def data_source(config: ml_collections.ConfigDict, data_dir: str | pathlib.Path,
 
 
 def ensure_built(config: ml_collections.ConfigDict) -> None:
-    """Build the embedded data set under config.data.data_dir if missing; other data sets must already be built."""
+    """Builds the data set under config.data.data_dir if missing: the embedded one from its wheel file,
+    a user's data set from `config.data.manual_dir` (the downloaded files); otherwise a clear error."""
     name, config_name, data_dir = config.data.name, _builder_config_name(config), config.data.data_dir
     if any((pathlib.Path(data_dir) / name / config_name).glob("*/dataset_info.json")):
+        return
+    manual_dir = config.data.get("manual_dir") or ""
+    if name != "cmu_small_region" and manual_dir:
+        from data_pipelines import build  # pylint: disable=import-outside-toplevel
+
+        build.build(name, data_dir, manual_dir, config_name)
         return
     if name != "cmu_small_region":
         raise FileNotFoundError(f"Data set {name}/{config_name} is not built under {data_dir}. "

@@ -55,3 +55,12 @@ def test_cli_refuses_unknown_key_and_wrong_type(tmp_path):
     assert wrong.returncode != 0
     assert "batch_size" in wrong.stderr
     assert not any(tmp_path.iterdir())  # nothing was started
+
+
+@pytest.mark.parametrize("name", ["default", "lmc_vit_s16_tpu", "lmc_vit_b16_tpu"])
+def test_shipped_training_configs_are_valid(name):
+    import runpy
+
+    config = runpy.run_path(os.path.join(ROOT, "configs", f"{name}.py"))["get_config"]()
+    validate(config)
+    assert config.batch_size % 8 == 0  # divisible over a typical 8-chip host
