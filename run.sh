@@ -26,7 +26,7 @@ case "$command" in
     exec "$VENV/bin/python" -m lmc_jax.main --config configs/default.py --workdir runs/default "$@"
     ;;
   test)
-    install test
+    install "test,export"
     exec "$VENV/bin/python" -m pytest -q tests "$@"
     ;;
   tpu)  # launch on every worker of a Cloud TPU VM; no local install needed

@@ -26,9 +26,13 @@ setup(
         "scikit-image>=0.22",  # ships ihc.png, the unseen-stain image
         "scipy>=1.11",
         "matplotlib>=3.8",
-        "tensorboardX>=2.6",
+        "tensorboard>=2.15",  # event files only (its writer needs neither TensorFlow nor torch)
+        "safetensors>=0.4",  # export writes timm-compatible weights without torch
     ],
     extras_require={
         "test": ["pytest>=8", "hypothesis>=6.100", "scikit-learn>=1.4"],
+        # PyTorch parity (export/import tests, benchmarks). torch==2.13.0 is the CPU wheel on our machines;
+        # timm drags torchvision in, pinned to the release that matches (see lmc_jax/export/torch_compat.py).
+        "export": ["torch==2.13.0", "torchvision==0.28.0", "timm==1.0.31"],
     },
 )

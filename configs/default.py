@@ -20,6 +20,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.mode = "train"  # train | evaluate
     config.seed = 0  # model init, augmentation keys and data shuffling
     config.resume = True  # continue from the newest checkpoint in --workdir when there is one
+    config.init_from = ""  # "timm:/path/model.safetensors" (or .bin/.pth): start the encoder from timm ViT weights
 
     # Data
     config.data = ml_collections.ConfigDict()

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import ml_collections
 
+from lmc_jax.export.load import init_from_path
 from lmc_jax.models.vit import parse_variant
 
-MODES = ("train", "evaluate")
+MODES = ("train", "evaluate")  # export and normalize have their own configs, validated by their modules
 DTYPES = ("float32", "bfloat16", "float16")
 REFERENCES = ("untrained", "geometric_only")
 
@@ -70,6 +71,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _require(not unknown, "eval.references", tuple(config.eval.references), f"unknown {sorted(unknown)}; "
              f"choose from {REFERENCES}")
     _require(config.eval.batch_size > 0, "eval.batch_size", config.eval.batch_size, "must be a positive integer")
+    try:
+        init_from_path(config.init_from)
+    except ValueError as error:
+        raise ConfigError(f"config.init_from={config.init_from!r}: {error}") from None
     if config.mode == "evaluate":
         _require(bool(config.eval.checkpoint), "eval.checkpoint", config.eval.checkpoint,
                  "mode=evaluate needs the workdir of a trained run")

@@ -29,6 +29,13 @@ def main(argv: list[str]) -> None:
     from lmc_jax.preemption import Preempted
 
     config = _CONFIG.value
+    if config.mode == "export":  # its own small config: no training fields
+        from lmc_jax.export import cli as export_cli
+
+        export_cli.main(config, _WORKDIR.value)
+        return
+    if not _WORKDIR.value:
+        raise app.UsageError(f"--workdir is required for mode={config.mode!r}")
     configlib.validate(config)
     parallel.maybe_initialize_distributed(config)
     logging.info("devices: %s", jax.devices())
@@ -44,6 +51,6 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["config", "workdir"])
+    flags.mark_flags_as_required(["config"])
     logging.getLogger().setLevel(logging.INFO)
     app.run(main)

@@ -19,6 +19,7 @@ from flax import nnx
 from data_pipelines import input_pipeline
 from lmc_jax import parallel
 from lmc_jax.checkpoint import CheckpointError, Checkpointer, abstract_like
+from lmc_jax.export.load import apply_init_from
 from lmc_jax.losses import lmc_loss
 from lmc_jax.models.vit import build_model
 from lmc_jax.preemption import Preempted, PreemptionWatch
@@ -189,14 +190,14 @@ def _check_finite(metrics: dict[str, float], step: int) -> None:
 
 
 def _restore_or_init(trainer: Trainer, checkpointer: Checkpointer, data_iter, workdir: epath.Path) -> tuple[State, dict]:
-    """Resume is the default: newest restorable checkpoint in the workdir, else a fresh initialisation."""
+    """Resume is the default: newest restorable checkpoint in the workdir, else `init_from` weights, else scratch."""
     if trainer.config.resume:
         restored = checkpointer.restore_latest(abstract_state(trainer), data_iter)
         if restored is not None:
             step, state, meta = restored
             logging.info("resumed %s from step %d", workdir, step)
             return state, meta
-    return init_state(trainer), {}
+    return apply_init_from(trainer.config, init_state(trainer), trainer.state_shardings), {}
 
 
 def train(config: ml_collections.ConfigDict, workdir: epath.PathLike, mesh: jax.sharding.Mesh | None = None) -> State:

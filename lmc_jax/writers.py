@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 
 from etils import epath
 import jax
-from tensorboardX import SummaryWriter
+from tensorboard.compat.proto import event_pb2, summary_pb2
+from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
 
 class MetricWriter:
@@ -22,15 +24,18 @@ class MetricWriter:
         workdir = epath.Path(workdir)
         if self.enabled:
             self._jsonl = open(workdir / "metrics.jsonl", "a", encoding="utf-8")
-            self._tb = SummaryWriter(str(workdir / "tensorboard"))
+            self._tb = EventFileWriter(str(workdir / "tensorboard"))
 
     def write(self, step: int, scalars: dict[str, float]) -> None:
         if not self.enabled:
             return
         self._jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
         self._jsonl.flush()
-        for name, value in scalars.items():
-            self._tb.add_scalar(name, value, step)
+        summary = summary_pb2.Summary(
+            value=[summary_pb2.Summary.Value(tag=name, simple_value=value) for name, value in scalars.items()]
+        )
+        self._tb.add_event(event_pb2.Event(step=step, wall_time=time.time(), summary=summary))
+        self._tb.flush()
         shown = " ".join(f"{k}={v:.4g}" for k, v in scalars.items())
         self._last_line = f"loss={scalars.get('loss', float('nan')):.4g} {scalars.get('images_per_sec', 0):.0f} img/s " \
                           f"eta {scalars.get('eta_sec', 0):.0f}s"

@@ -1,5 +1,6 @@
 """Training loop: crash + resume equals an uninterrupted run; corrupt checkpoints are set aside, never lost."""
 
+import json
 import pathlib
 
 import jax
@@ -62,7 +63,13 @@ def test_metrics_are_logged(uninterrupted):
     lines = (workdir / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 3  # every 2 of 6 steps
     assert (workdir / "config.json").exists()
-    assert any((workdir / "tensorboard").iterdir())
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(workdir / "tensorboard"))
+    events.Reload()
+    logged = [json.loads(line) for line in lines]
+    assert [e.step for e in events.Scalars("loss")] == [r["step"] for r in logged] == [2, 4, 6]
+    np.testing.assert_allclose([e.value for e in events.Scalars("loss")], [r["loss"] for r in logged], rtol=1e-6)
 
 
 def test_corrupt_latest_checkpoint_is_set_aside_and_older_one_restored(tiny_data_dir, tmp_path, uninterrupted):

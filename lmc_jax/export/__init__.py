@@ -1,0 +1,1 @@
+"""Hands lmc-jax encoders to PyTorch/timm (safetensors + config.json) and takes timm ViT weights in."""

@@ -1,0 +1,121 @@
+"""Reads timm ViT weights (.safetensors, or a plain .bin/.pth tensor dict) into our encoder's params.
+
+Used by `config.init_from = "timm:/path/model.safetensors"`. Pickles are read with
+`torch.load(weights_only=True)` and must hold only tensors: nothing arbitrary is unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import pathlib
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from lmc_jax.export.timm import TIMM_ARCHS, TimmWeightsError, from_timm
+from lmc_jax.models.vit import parse_variant
+
+INIT_FROM_PREFIX = "timm:"
+SAFETENSORS_SUFFIXES = (".safetensors",)
+PICKLE_SUFFIXES = (".bin", ".pth", ".pt")
+
+
+def read_safetensors(path: pathlib.Path) -> dict[str, np.ndarray]:
+    """All tensors of a .safetensors file as float32 numpy (bfloat16/float16 included)."""
+    from safetensors.flax import load_file  # pylint: disable=import-outside-toplevel  # handles bfloat16
+
+    try:
+        tensors = load_file(str(path))
+    except Exception as error:  # safetensors raises its own error types for a corrupt header
+        raise TimmWeightsError(f"{path} is not a readable safetensors file ({type(error).__name__}: {error}).") from error
+    return {key: np.asarray(value, np.float32) for key, value in tensors.items()}
+
+
+def read_torch_state_dict(path: pathlib.Path) -> dict[str, np.ndarray]:
+    """A plain {name: tensor} pickle read with `torch.load(weights_only=True)`, as float32 numpy."""
+    try:
+        import torch  # pylint: disable=import-outside-toplevel
+    except ImportError as error:
+        raise TimmWeightsError(f"reading {path} needs PyTorch (pip install torch), or convert it to "
+                               ".safetensors, which needs no torch.") from error
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # UnpicklingError for forbidden globals, RuntimeError for non-zip files, ...
+        raise TimmWeightsError(f"{path} is not a plain tensor state dict that torch.load(weights_only=True) can "
+                               f"read ({type(error).__name__}: {error}). Save model.state_dict() instead.") from error
+    if not isinstance(loaded, dict):
+        raise TimmWeightsError(f"{path} holds a {type(loaded).__name__}, not a {{name: tensor}} state dict.")
+    for key, value in loaded.items():
+        if not isinstance(value, torch.Tensor):
+            hint = (f" Save checkpoint[{key!r}] on its own." if isinstance(value, dict) and key in ("model", "state_dict")
+                    else "")
+            raise TimmWeightsError(f"{path}: entry {key!r} is a {type(value).__name__}, not a tensor; expected a "
+                                   f"plain state dict.{hint}")
+    return {key: value.detach().to(torch.float32).numpy() for key, value in loaded.items()}
+
+
+def read_state_dict(path: str | pathlib.Path) -> dict[str, np.ndarray]:
+    """Dispatches on the suffix: .safetensors (no torch needed) or .bin/.pth/.pt (torch)."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"timm weights file {path} does not exist; check config.init_from.")
+    suffix = path.suffix.lower()
+    if suffix in SAFETENSORS_SUFFIXES:
+        return read_safetensors(path)
+    if suffix in PICKLE_SUFFIXES:
+        return read_torch_state_dict(path)
+    raise TimmWeightsError(f"{path}: unknown weights format {suffix!r}; use one of "
+                           f"{SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES}.")
+
+
+def check_declared_heads(path: pathlib.Path, variant: str) -> None:
+    """Heads cannot be read from weights: a config.json beside them that declares others is refused."""
+    config_path = path.parent / "config.json"
+    if not config_path.is_file():
+        return
+    try:
+        declared = json.loads(config_path.read_text())
+    except (OSError, ValueError) as error:
+        raise TimmWeightsError(f"{config_path} beside the weights is not valid JSON ({error}).") from error
+    heads = parse_variant(variant)[0].heads
+    arch_heads = {name: parse_variant(v)[0].heads for v, name in TIMM_ARCHS.items()}
+    found = (declared.get("model_args") or {}).get("num_heads", arch_heads.get(declared.get("architecture")))
+    if found is not None and int(found) != heads:
+        raise TimmWeightsError(f"{config_path} declares {found} attention heads but model.variant={variant!r} "
+                               f"has {heads}; set model.variant to the weights' architecture.")
+
+
+def load_timm_weights(path: str | pathlib.Path, model_config: ml_collections.ConfigDict,
+                      image_size: int) -> dict[str, Any]:
+    """timm ViT weights file → pure param dict for our encoder (`model.variant`, `model.pool`, `image_size`)."""
+    path = pathlib.Path(path)
+    params, notes = from_timm(read_state_dict(path), model_config.variant, model_config.pool, image_size,
+                              source=str(path))
+    check_declared_heads(path, model_config.variant)
+    for note in notes:
+        logging.info("init_from %s: %s", path, note)
+    return params
+
+
+def init_from_path(init_from: str) -> pathlib.Path | None:
+    """`config.init_from` → weights path ('' → None); another scheme raises naming the value and the fix."""
+    if not init_from:
+        return None
+    if not init_from.startswith(INIT_FROM_PREFIX) or len(init_from) == len(INIT_FROM_PREFIX):
+        raise ValueError(f"config.init_from={init_from!r}: use '{INIT_FROM_PREFIX}/path/to/model.safetensors' "
+                         "(or a .bin/.pth state dict), or '' to start from random weights.")
+    return pathlib.Path(init_from[len(INIT_FROM_PREFIX):]).expanduser()
+
+
+def apply_init_from(config: ml_collections.ConfigDict, state: dict, shardings: dict) -> dict:
+    """A fresh train state with its encoder replaced by `config.init_from`'s weights (same layout)."""
+    path = init_from_path(config.get("init_from", ""))
+    if path is None:
+        return state
+    encoder = load_timm_weights(path, config.model, config.data.crop_size)
+    encoder = jax.device_put(encoder, shardings["params"]["encoder"])
+    logging.info("encoder initialised from %s", path)
+    return dict(state, params=dict(state["params"], encoder=encoder))
