@@ -19,9 +19,18 @@ PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, what schedulers expect from a termin
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and the evaluation report.")
 
 
+class _QuietLibraries(logging.Filter):
+    """Keeps this project's INFO lines and every warning; drops installed libraries' INFO chatter (orbax, grain)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or "site-packages" not in record.pathname
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}; settings go through --config.key=value")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_QuietLibraries())
     import jax
 
     from lmc_jax import configlib, parallel
