@@ -1,7 +1,8 @@
 """Entry point: `python -m lmc_jax.main --config configs/X.py --workdir DIR [--config.key=value ...]`.
 
 Flags and dispatch only: `train` trains LMC, the references the config asks for, then
-evaluates; `evaluate` evaluates an existing run.
+evaluates; `evaluate` evaluates an existing run; `export` writes timm weights; `normalize`
+stain-normalises a folder of tiles.
 """
 
 from __future__ import annotations
@@ -42,6 +43,12 @@ def main(argv: list[str]) -> None:
         from lmc_jax.export import cli as export_cli
 
         export_cli.main(config, _WORKDIR.value)
+        return
+    if config.mode == "normalize":  # a folder of tiles in, normalised tiles out; no workdir
+        from lmc_jax.stain import normalize_cli
+
+        normalize_cli.validate(config)
+        normalize_cli.run(config)
         return
     if not _WORKDIR.value:
         raise app.UsageError(f"--workdir is required for mode={config.mode!r}")

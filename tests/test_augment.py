@@ -246,3 +246,81 @@ def test_any_uint8_batch_gives_finite_views_in_unit_range(tiles, seed, strongest
     cfg = STRONGEST if strongest else augment.StainAugConfig()
     views = _views(seed, tiles, cfg, num_views=2, crop_size=6)
     assert np.all(np.isfinite(views)) and views.min() >= 0.0 and views.max() <= 1.0
+
+
+# --- RandStainNA-style Lab statistics, blur and noise (off by default) ---
+
+EXTRA_OFF = dict(lab_mean_shift=0.0, lab_std_scale=0.0, blur_sigma=0.0, noise_std=0.0)
+
+
+def _lab_stats(views: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-view Lab channel means and stds [N, 3] of views [N, H, W, 3]."""
+    lab = np.asarray(color.rgb_to_lab(views.astype(np.float64))).reshape(len(views), -1, 3)
+    return lab.mean(axis=1), lab.std(axis=1)
+
+
+def test_extra_knobs_default_off_and_leave_the_other_draws_unchanged():
+    assert {name: getattr(augment.StainAugConfig(), name) for name in EXTRA_OFF} == EXTRA_OFF
+    tiles = _tiles(30)
+    base = _views(31, tiles, augment.StainAugConfig(), num_views=2)
+    tiny = dataclasses.replace(augment.StainAugConfig(), lab_mean_shift=1e-6, blur_sigma=1e-6, noise_std=1e-7)
+    np.testing.assert_allclose(_views(31, tiles, tiny, num_views=2), base, atol=1e-4)
+
+
+def test_lab_mean_shift_moves_the_means_within_the_spread():
+    tiles = np.random.default_rng(32).integers(90, 170, (16, 8, 8, 3), dtype=np.uint8)
+    strength = 0.5
+    before = _views(33, tiles, None)[0]
+    after = _views(33, tiles, _only(lab_mean_shift=strength))[0]
+    (mean_before, std_before), (mean_after, std_after) = _lab_stats(before), _lab_stats(after)
+    shift = (mean_after - mean_before) / augment.LAB_MEAN_SPREAD
+    assert np.all(np.abs(shift) <= strength + 0.02) and shift.std(axis=0).min() > 0.05
+    np.testing.assert_allclose(std_after, std_before, rtol=0.05, atol=0.05)
+
+
+def test_lab_std_scale_scales_the_deviations():
+    tiles = np.random.default_rng(34).integers(100, 160, (16, 8, 8, 3), dtype=np.uint8)
+    strength = 0.3
+    before = _views(35, tiles, None)[0]
+    after = _views(35, tiles, _only(lab_std_scale=strength))[0]
+    ratio = _lab_stats(after)[1] / _lab_stats(before)[1]
+    assert np.all(np.abs(ratio - 1.0) <= strength + 0.03) and ratio.std() > 0.02
+    np.testing.assert_allclose(_lab_stats(after)[0], _lab_stats(before)[0], atol=0.3)
+
+
+def test_blur_smooths_keeps_flat_tiles_and_mean():
+    tiles = _tiles(36, batch=8, size=16)
+    before = _views(37, tiles, None)[0]
+    after = _views(37, tiles, _only(blur_sigma=2.0))[0]
+
+    def detail(images):
+        return np.abs(np.diff(images, axis=1)).mean(axis=(1, 2, 3))
+
+    assert np.all(detail(after) < detail(before)) and detail(after).std() > 1e-3  # sigma differs per example
+    np.testing.assert_allclose(after.mean(axis=(1, 2)), before.mean(axis=(1, 2)), atol=0.02)
+    flat = _views(38, np.full((2, 9, 9, 3), 123, np.uint8), _only(blur_sigma=3.0))
+    np.testing.assert_allclose(flat, 123 / 255.0, atol=1e-6)
+
+
+def test_noise_is_zero_mean_with_a_per_example_std():
+    tiles = np.full((8, 32, 32, 3), 128, np.uint8)
+    strength = 0.05
+    views = _views(39, tiles, _only(noise_std=strength))[0]
+    residual = views - 128 / 255.0
+    stds = residual.reshape(8, -1).std(axis=1)
+    assert stds.max() <= strength * 1.05 and stds.std() > 1e-3
+    assert np.abs(residual.mean()) < 2e-3
+
+
+def test_extra_knob_validation():
+    for bad in ({"lab_std_scale": 1.0}, {"noise_std": 1.5}, {"blur_sigma": -1.0}, {"lab_mean_shift": float("inf")}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            augment.StainAugConfig.from_config(bad)
+
+
+@settings(max_examples=15, deadline=None)
+@given(tiles=hnp.arrays(np.uint8, (2, 8, 8, 3)), seed=st.integers(0, 2**31 - 1))
+def test_any_uint8_batch_with_every_extra_knob_stays_finite(tiles, seed):
+    cfg = dataclasses.replace(STRONGEST, lab_mean_shift=3.0, lab_std_scale=0.99, blur_sigma=2.0, noise_std=0.5)
+    views = _views(seed, tiles, cfg, num_views=2, crop_size=6)
+    assert np.all(np.isfinite(views)) and views.min() >= 0.0 and views.max() <= 1.0

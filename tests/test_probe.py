@@ -5,7 +5,14 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
-from lmc_jax.evaluate import probe
+from lmc_jax.evaluate import bootstrap, probe
+
+
+def _auc(y: np.ndarray, score: np.ndarray) -> float:
+    """The point AUC of `block_auc`, every example its own block."""
+    blocks = bootstrap.make_blocks(np.zeros(len(y)), None, max_blocks=max(2, len(y)), replicates=0,
+                                   rng=np.random.default_rng(0))
+    return float(probe.block_auc(probe.auc_block_pairs(blocks, y, score), blocks.ones())[0])
 
 
 def _problem(seed: int, n: int = 240, d: int = 6) -> tuple[np.ndarray, np.ndarray]:
@@ -22,23 +29,15 @@ def test_auc_matches_sklearn_with_ties(seed):
     y = rng.integers(0, 2, size=n)
     y[:2] = [0, 1]
     score = np.round(rng.normal(size=n) + 0.5 * y, 1)  # rounding creates many ties
-    assert probe.roc_auc(y, score) == pytest.approx(roc_auc_score(y, score), rel=1e-12, abs=0)  # to round-off
+    assert _auc(y, score) == pytest.approx(roc_auc_score(y, score), rel=1e-12, abs=0)  # to round-off
 
 
-def test_auc_extremes():
+def test_auc_extremes_and_one_class():
     y = np.array([0, 0, 1, 1])
-    assert probe.roc_auc(y, np.array([0.1, 0.2, 0.8, 0.9])) == 1.0
-    assert probe.roc_auc(y, np.array([0.9, 0.8, 0.2, 0.1])) == 0.0
-    assert probe.roc_auc(y, np.zeros(4)) == 0.5
-
-
-def test_auc_undefined_with_reason_instead_of_nan():
-    result = probe.roc_auc(np.ones(5, int), np.arange(5.0))
-    assert isinstance(result, probe.Undefined)
-    assert "one class (label 1)" in result.reason
-    assert isinstance(probe.roc_auc(np.zeros(0, int), np.zeros(0)), probe.Undefined)
-    with pytest.raises(ValueError, match="0/1"):
-        probe.roc_auc(np.array([0, 2]), np.array([0.1, 0.2]))
+    assert _auc(y, np.array([0.1, 0.2, 0.8, 0.9])) == 1.0
+    assert _auc(y, np.array([0.9, 0.8, 0.2, 0.1])) == 0.0
+    assert _auc(y, np.zeros(4)) == 0.5
+    assert np.isnan(_auc(np.ones(5, int), np.arange(5.0)))  # callers turn NaN into a reason (see calibration)
 
 
 @pytest.mark.parametrize(("seed", "l2"), [(0, 1e-2), (1, 1e-1), (2, 1e-3)])
@@ -67,3 +66,15 @@ def test_probe_rejects_bad_input():
     x_nan[3, 2] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         probe.fit_logistic(x_nan, y)
+
+
+def test_warm_start_reaches_the_same_probe():
+    x, y = _problem(5, n=400)
+    previous = probe.fit_logistic(x[:300] * 2.0 + 1.0, y[:300])  # other rows, other feature scale
+    cold = probe.fit_logistic(x, y, tol=1e-6)
+    warm = probe.fit_logistic(x, y, tol=1e-6, init=previous)
+    np.testing.assert_allclose(warm.w, cold.w, atol=1e-4)
+    assert warm.b == pytest.approx(cold.b, abs=1e-4)
+    # with no Newton step the warm start is exactly the old decision function, re-expressed on the new z-scores
+    start = probe.fit_logistic(x, y, max_iter=0, init=previous)
+    np.testing.assert_allclose(probe.predict_proba(start, x), probe.predict_proba(previous, x), rtol=1e-5)

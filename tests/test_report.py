@@ -1,4 +1,4 @@
-"""Tests for lmc_jax.evaluate.report: files written, metrics.json round-trips, tables and PCA are right."""
+"""Tests for lmc_jax.evaluate.report and figures: files written, metrics.json round-trips, tables, HTML and PCA."""
 
 import json
 
@@ -8,7 +8,8 @@ import pytest
 from PIL import Image
 from sklearn.decomposition import PCA
 
-from lmc_jax.evaluate import report
+from lmc_jax.evaluate import figures, report
+from lmc_jax.evaluate.settings import Settings
 from lmc_jax.evaluate.suite import MethodEmbeddings, evaluate_embeddings
 
 SITES = ["scanner_a", "scanner_b", "ihc"]
@@ -22,7 +23,8 @@ def _method(seed: int, shift: float) -> MethodEmbeddings:
     sites = np.repeat(np.arange(3), 40)
     heldout_labels = np.tile(y, 3)
     heldout_labels[sites == 2] = 1  # the ihc site has one class: its AUC is undefined
-    return MethodEmbeddings(train, y, heldout, heldout_labels, sites)
+    return MethodEmbeddings(train, y, heldout, heldout_labels, sites, train_groups=np.arange(40) % 8,
+                            heldout_groups=np.tile(np.arange(40) % 8, 3) + 10)
 
 
 @pytest.fixture(scope="module")
@@ -32,28 +34,44 @@ def methods():
 
 @pytest.fixture(scope="module")
 def metrics(methods):
-    return evaluate_embeddings(methods, site_names=SITES, source_site="scanner_a", key=jax.random.key(0))
+    settings = Settings(bootstrap_replicates=50, protocol_folds=3, signature_folds=3, signature_lambdas=5,
+                        signature_stability_rounds=0)
+    return evaluate_embeddings(methods, site_names=SITES, source_site="scanner_a", key=jax.random.key(0),
+                               settings=settings)
+
+
+def _not_blank(path) -> np.ndarray:
+    image = np.asarray(Image.open(path).convert("RGB"))
+    assert len(np.unique(image.reshape(-1, 3), axis=0)) > 50  # points/lines in several colours
+    return image
 
 
 def test_write_report_writes_files_and_metrics_round_trip(tmp_path, methods, metrics):
-    projections = {name: (report.pca_2d(m.heldout), m.heldout_sites) for name, m in methods.items()}
+    projections = {name: figures.Projection(figures.pca_2d(m.heldout), m.heldout_sites, m.heldout_labels)
+                   for name, m in methods.items()}
     paths = report.write_report(metrics, tmp_path / "eval", projections=projections)
-    assert set(paths) == {"metrics", "report", "embeddings"}
+    assert set(paths) == {"metrics", "report", "html", "embeddings", "auc", "reliability", "signatures"}
     assert json.loads(paths["metrics"].read_text("utf-8")) == metrics
     text = paths["report"].read_text("utf-8")
     assert "scanner_a (source)" in text and "How to read this" in text
-    assert text.count("| lmc |") >= 4 and text.count("| baseline |") >= 4  # summary + FD, raw FD, W2, AUC tables
-    assert "- lmc / ihc / auc: only one class (label 1)" in text
-    assert "- lmc / summary / mean_unseen_auc: mean over 1 of 2 unseen sites; undefined at ihc" in text
+    assert text.count("| lmc |") >= 10 and text.count("| baseline |") >= 10  # summaries, site, protocol tables
+    assert "- ihc / auc, balanced_accuracy: only one class (label 1) among 40 examples (all methods)" in text
+    assert "- summary / mean_unseen_auc: mean over 1 of 2; undefined at ihc (all methods)" in text
     assert f"{metrics['methods']['baseline']['per_site']['ihc']['fd']:#.3g}" in text
-    image = np.asarray(Image.open(paths["embeddings"]).convert("RGB"))
-    assert image.shape[1] > image.shape[0] > 300  # two panels side by side
-    assert len(np.unique(image.reshape(-1, 3), axis=0)) > 50  # not blank: points in several colours
+    assert all(f"({name}.png)" in text for name in ("embeddings", "auc", "reliability", "signatures"))
+    page = paths["html"].read_text("utf-8")
+    assert page.count('src="data:image/png;base64,') == 4 and page.count("<table>") >= 10
+    assert "<td>lmc</td>" in page and "<b>How to read this.</b>" in page
+    image = _not_blank(paths["embeddings"])
+    assert image.shape[0] > 800 and image.shape[1] > 1000  # two methods stacked; by site | by label side by side
+    for name in ("auc", "reliability", "signatures"):
+        _not_blank(paths[name])
 
 
-def test_report_without_projections_has_no_png(tmp_path, metrics):
+def test_report_without_projections_has_no_embedding_png(tmp_path, metrics):
     paths = report.write_report(metrics, tmp_path)
     assert "embeddings" not in paths and not (tmp_path / "embeddings.png").exists()
+    assert "embeddings.png" not in paths["report"].read_text("utf-8")
 
 
 def test_format_table_has_one_row_per_method_and_three_significant_digits(metrics):
@@ -69,9 +87,9 @@ def test_format_table_has_one_row_per_method_and_three_significant_digits(metric
 def test_pca_2d_matches_sklearn_up_to_sign():
     rng = np.random.default_rng(3)
     x = rng.normal(size=(100, 6)) @ rng.normal(size=(6, 6)) + 4.0
-    ours = report.pca_2d(x)
+    ours = figures.pca_2d(x)
     ref = PCA(n_components=2).fit_transform(x)
     np.testing.assert_allclose(np.abs(ours), np.abs(ref), atol=1e-8)
     assert ours[:, 0].var() >= ours[:, 1].var()
-    one_dim = report.pca_2d(x[:, :1])
+    one_dim = figures.pca_2d(x[:, :1])
     assert one_dim.shape == (100, 2) and np.all(one_dim[:, 1] == 0)

@@ -140,11 +140,96 @@ def test_sliced_w2_of_shifted_sets_in_d_dims_and_scale():
         7 * float(sep.sliced_wasserstein(x, y, key)), rel=1e-4)
 
 
-def test_matched_top1_finds_the_same_tiles():
+def test_same_id_hits_find_the_same_tiles():
     rng = np.random.default_rng(9)
     ref = rng.normal(size=(30, 8))
     ids = np.arange(30)
     perm = rng.permutation(30)
     query = ref[perm] + 0.01 * rng.normal(size=(30, 8))
-    assert float(sep.matched_top1(query, ids[perm], ref, ids)) == 1.0
-    assert float(sep.matched_top1(query, ids, ref, ids)) < 0.2
+    assert sep.same_id_hits(query, ids[perm], ref, ids).all()
+    assert sep.same_id_hits(query, ids, ref, ids).mean() < 0.2
+
+
+def test_same_id_hits_over_several_chunks_match_brute_force():
+    rng = np.random.default_rng(10)
+    ref, query = rng.normal(size=(50, 6)), rng.normal(size=(1100, 6))  # 3 chunks of 512 queries
+    ids = np.arange(50)
+    query_ids = rng.integers(0, 50, size=1100)
+    cos = (query / np.linalg.norm(query, axis=1, keepdims=True)) @ (ref / np.linalg.norm(ref, axis=1, keepdims=True)).T
+    np.testing.assert_array_equal(sep.same_id_hits(query, query_ids, ref, ids), np.argmax(cos, axis=1) == query_ids)
+
+
+def test_gaussian_fit_over_row_chunks_matches_numpy():
+    x = np.random.default_rng(11).normal(size=(20_000, 3)).astype(np.float32) * [1.0, 10.0, 0.1] + 100.0
+    mean, cov = sep.gaussian_fit(x)  # 3 chunks of 8192 rows, centred before accumulating
+    np.testing.assert_allclose(mean, x.astype(np.float64).mean(0), rtol=1e-7)
+    np.testing.assert_allclose(cov, np.cov(x.astype(np.float64), rowvar=False), rtol=1e-4, atol=1e-6)
+
+
+def test_sliced_w2_is_the_same_with_directions_in_several_chunks():
+    rng = np.random.default_rng(12)
+    x, y = rng.normal(size=(80, 5)), rng.normal(size=(60, 5)) + 0.3
+    key = jax.random.key(5)
+    many = sep.sliced_wasserstein(x, y, key, num_projections=200)  # chunks of 64, 64, 64, 8
+    theta = np.random.default_rng(np.asarray(jax.random.key_data(key))).normal(size=(5, 200))
+    theta /= np.linalg.norm(theta, axis=0)
+    w2 = [_w2_1d_numpy(x @ t, y @ t) ** 2 for t in theta.T]
+    assert many == pytest.approx(np.sqrt(np.mean(w2)), rel=1e-4)
+
+
+def test_frechet_draws_track_explicitly_resampled_fd_and_are_exact_at_the_point():
+    rng = np.random.default_rng(13)
+    a = rng.normal(size=(4, 4))
+    x = rng.normal(size=(4000, 4)) @ a
+    y = rng.normal(size=(4000, 4)) @ (a + 0.3 * rng.normal(size=(4, 4))) + 0.2
+    bx, by = rng.integers(0, 50, 4000), rng.integers(0, 50, 4000)
+    cx = np.concatenate([np.ones((1, 50)), rng.multinomial(50, np.full(50, 0.02), size=20)])
+    cy = np.concatenate([np.ones((1, 50)), rng.multinomial(50, np.full(50, 0.02), size=20)])
+    got = sep.frechet_replicates(sep.block_moments(x, bx, 50), cx, [(sep.block_moments(y, by, 50), cy)])[0]
+    assert got[0] == pytest.approx(sep.frechet_distance(x, y), rel=1e-6)  # float32 block sums
+    exact = np.array([sep.frechet_distance(np.repeat(x, cx[r][bx].astype(int), axis=0),
+                                           np.repeat(y, cy[r][by].astype(int), axis=0)) for r in range(1, 21)])
+    assert np.corrcoef(got[1:], exact)[0, 1] > 0.98  # first order in the covariances, exact in the means
+    assert np.std(got[1:]) == pytest.approx(np.std(exact), rel=0.2)
+
+
+def test_frechet_draw_spread_matches_fresh_samples():
+    """The bootstrap spread should estimate the sampling spread of FD over fresh data sets."""
+    rng = np.random.default_rng(14)
+    a = rng.normal(size=(16, 16)) / 4
+    b = a + 0.1 * rng.normal(size=(16, 16))
+
+    def sample():
+        return rng.normal(size=(1500, 16)) @ a, rng.normal(size=(1500, 16)) @ b + 0.1
+
+    fresh = np.std([sep.frechet_distance(*sample()) for _ in range(150)])
+    x, y = sample()
+    counts = [rng.multinomial(60, np.full(60, 1 / 60), size=200).astype(float) for _ in range(2)]
+    ids = rng.integers(0, 60, 1500)
+    draws = sep.frechet_replicates(sep.block_moments(x, ids, 60), counts[0],
+                                   [(sep.block_moments(y, ids, 60), counts[1])])[0]
+    assert np.std(draws) == pytest.approx(fresh, rel=0.35)
+
+
+def test_frechet_draws_with_fewer_than_two_rows_are_nan():
+    rng = np.random.default_rng(15)
+    x, y = rng.normal(size=(60, 4)), rng.normal(size=(45, 4))
+    one_row = sep.frechet_replicates(sep.block_moments(x, np.arange(60) // 59, 2), np.array([[0.0, 1.0], [1.0, 1.0]]),
+                                     [(sep.block_moments(y, np.zeros(45, int), 1), np.ones((2, 1)))])
+    assert np.isnan(one_row[0, 0]) and np.isfinite(one_row[0, 1])  # a single row has no covariance: NaN, no crash
+
+
+def test_moments_of_parts_about_a_shared_centre_add_up_to_the_whole():
+    rng = np.random.default_rng(16)
+    x = rng.normal(size=(300, 5)) * 2 + 3
+    ids, labels = rng.integers(0, 7, 300), rng.integers(0, 2, 300)
+    centre = x.mean(axis=0)
+    parts = [sep.block_moments(x[labels == c], ids[labels == c], 7, centre=centre) for c in (0, 1)]
+    whole = sep.block_moments(x, ids, 7)
+    total = sep.sum_moments(parts)
+    np.testing.assert_allclose(total.n, whole.n)
+    np.testing.assert_allclose(total.outer, whole.outer, rtol=1e-4, atol=1e-3)
+    counts = rng.multinomial(7, np.full(7, 1 / 7), size=(4,)).astype(float)
+    y_m = sep.block_moments(rng.normal(size=(200, 5)), rng.integers(0, 7, 200), 7)
+    np.testing.assert_allclose(sep.frechet_replicates(total, counts, [(y_m, counts)]),
+                               sep.frechet_replicates(whole, counts, [(y_m, counts)]), rtol=1e-5)

@@ -7,10 +7,13 @@ import jax
 import numpy as np
 import pytest
 
-from lmc_jax.evaluate.suite import MethodEmbeddings, evaluate_embeddings
+from lmc_jax.evaluate.settings import Settings
+from lmc_jax.evaluate.suite import PER_SITE, MethodEmbeddings, evaluate_embeddings
 
 SITES = ["src", "b", "c"]
 D = 8
+FAST = Settings(bootstrap_replicates=60, protocol_folds=3, signature_folds=3, signature_lambdas=6,
+                signature_stability_rounds=2)
 
 
 def _method(seed: int, site_shift: float, *, per_site: int = 60, collapse: bool = False) -> MethodEmbeddings:
@@ -34,11 +37,13 @@ def _method(seed: int, site_shift: float, *, per_site: int = 60, collapse: bool 
         heldout = 3.0 + 1e-6 * rng.normal(size=heldout.shape)
     return MethodEmbeddings(
         train=train, train_labels=train_y, heldout=heldout, heldout_labels=np.tile(y, len(SITES)),
-        heldout_sites=np.repeat(np.arange(len(SITES)), per_site), heldout_tile_ids=np.tile(np.arange(per_site), 3))
+        heldout_sites=np.repeat(np.arange(len(SITES)), per_site), heldout_tile_ids=np.tile(np.arange(per_site), 3),
+        train_groups=np.arange(len(train)) % 10, heldout_groups=100 + np.tile(np.arange(per_site) % 12, 3))
 
 
-def _evaluate(methods, **kwargs):
-    return evaluate_embeddings(methods, site_names=SITES, source_site="src", key=jax.random.key(0), **kwargs)
+def _evaluate(methods, settings=FAST, **kwargs):
+    return evaluate_embeddings(methods, site_names=SITES, source_site="src", key=jax.random.key(0),
+                               settings=settings, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -81,8 +86,9 @@ def test_collapsed_encoder_is_exposed_by_auc_not_hidden_by_fd(metrics):
 def test_metrics_are_json_serialisable_without_nan(metrics):
     text = json.dumps(metrics, allow_nan=False)
     assert json.loads(text) == metrics
-    assert metrics["schema_version"] == 1 and metrics["sites"] == SITES
-    assert set(metrics["notes"]) >= {"fd", "fd_raw", "sliced_w2", "auc", "auc_drop"}
+    assert metrics["schema_version"] == 2 and metrics["sites"] == SITES
+    assert set(metrics["notes"]) >= set(PER_SITE) | {"auc_drop", "intervals"}
+    assert metrics["settings"]["bootstrap_replicates"] == 60 and metrics["bootstrap"]["unit"] == "group"
 
 
 def test_small_and_single_class_sites_are_undefined_with_reasons():
@@ -91,7 +97,7 @@ def test_small_and_single_class_sites_are_undefined_with_reasons():
     keep = ~((sites == 2) & (np.arange(len(sites)) % 60 >= 5))  # site c keeps only 5 examples
     labels[sites == 1] = 1  # site b has a single class
     m = dataclasses.replace(m, heldout=m.heldout[keep], heldout_labels=labels[keep], heldout_sites=sites[keep],
-                            heldout_tile_ids=m.heldout_tile_ids[keep])
+                            heldout_tile_ids=m.heldout_tile_ids[keep], heldout_groups=m.heldout_groups[keep])
     result = _evaluate({"m": m})["methods"]["m"]
     b, c = result["per_site"]["b"], result["per_site"]["c"]
     assert b["auc"] is None and "one class" in b["undefined"]["auc"]
@@ -99,10 +105,12 @@ def test_small_and_single_class_sites_are_undefined_with_reasons():
     assert c["n"] == 5 and c["fd"] is None and c["auc"] is None
     assert "min_site_samples=10" in c["undefined"]["fd"]
     assert result["summary"]["mean_unseen_auc"] is None
-    assert "undefined at every unseen site" in result["summary"]["undefined"]["mean_unseen_auc"]
+    assert "undefined at every one (b, c)" in result["summary"]["undefined"]["mean_unseen_auc"]
     assert result["summary"]["mean_unseen_fd"] == pytest.approx(b["fd"])
-    assert "mean over 1 of 2" in result["summary"]["partial"]["mean_unseen_fd"]
+    assert "mean over 1 of 2; undefined at c" in result["summary"]["partial"]["mean_unseen_fd"]
     assert result["summary"]["auc_drop"] is None
+    assert c["kbet"] is None and "min_site_samples" in c["undefined"]["kbet"]  # left out of the joint mixing set
+    assert b["brier"] is not None  # one class: Brier and ECE stay defined
 
 
 def test_single_class_train_set_leaves_auc_undefined_everywhere():
@@ -136,6 +144,8 @@ def test_bad_arguments_raise():
         _evaluate({"m": dataclasses.replace(m, heldout_labels=m.heldout_labels * 2)})
     with pytest.raises(ValueError, match="train_labels must have shape"):
         _evaluate({"m": dataclasses.replace(m, train_labels=m.train_labels[:-1])})
+    with pytest.raises(ValueError, match="heldout_groups must have shape"):
+        _evaluate({"m": dataclasses.replace(m, heldout_groups=m.heldout_groups[:3])})
 
 
 def test_summary_exclude_keeps_site_in_table_but_out_of_means():
@@ -147,3 +157,76 @@ def test_summary_exclude_keeps_site_in_table_but_out_of_means():
     expected = np.mean([full["per_site"][s]["fd"] for s in kept])
     assert excluded["summary"]["mean_unseen_fd"] == pytest.approx(expected)
     assert excluded["summary"]["mean_unseen_fd"] != pytest.approx(full["summary"]["mean_unseen_fd"])
+
+
+def test_every_interval_brackets_its_value(metrics):
+    checked = 0
+    for method in metrics["methods"].values():
+        for entry in [*method["per_site"].values(), method["summary"]]:
+            for key, (lo, hi) in entry["ci"].items():
+                assert lo <= entry[key] + 1e-12 and entry[key] <= hi + 1e-12, key
+                checked += 1
+    assert checked > 100
+
+
+def test_probe_threshold_never_sees_target_labels():
+    m = _method(7, 0.5)
+    other = dataclasses.replace(m, heldout_labels=np.where(m.heldout_sites == 0, m.heldout_labels,
+                                                           1 - m.heldout_labels))
+    a, b = (_evaluate({"m": x})["methods"]["m"] for x in (m, other))
+    assert a["probe"]["threshold"] == b["probe"]["threshold"]  # picked on source validation only
+    for key in ("auc", "f1", "brier"):
+        assert a["per_site"]["src"][key] == b["per_site"]["src"][key]
+    assert a["per_site"]["b"]["auc"] == pytest.approx(1 - b["per_site"]["b"]["auc"])  # the targets did change
+
+
+def test_sites_from_one_distribution_mix_and_separated_sites_do_not():
+    rng = np.random.default_rng(8)
+    y = rng.integers(0, 2, 600)
+    x = rng.normal(size=(600, D)) + 2.0 * y[:, None] * np.eye(D)[0]
+    sites = np.repeat(np.arange(3), 200)
+    mixed = MethodEmbeddings(x[:150], y[:150], x, y, sites)
+    apart = MethodEmbeddings(x[:150], y[:150], x + 6.0 * sites[:, None] * np.eye(D)[1], y, sites)
+    result = _evaluate({"mixed": mixed, "apart": apart})["methods"]
+    same, far = result["mixed"]["summary"], result["apart"]["summary"]
+    assert same["kbet"] > 0.85 and same["ilisi"] > 0.75 and same["silhouette_batch"] > 0.9
+    assert far["kbet"] < 0.05 and far["ilisi"] < 0.05
+    assert same["mean_unseen_fd"] < 0.05 and abs(same["mean_unseen_mmd"]) < 0.02 < far["mean_unseen_mmd"]
+    assert result["mixed"]["protocols"]["cross_site"]["undefined"].startswith("no group key")
+
+
+def test_signature_and_protocols_are_reported(metrics):
+    good = metrics["methods"]["good"]
+    assert 0 in good["signature"]["dims"]  # the label lives in dimension 0
+    lodo = good["protocols"]["leave_one_domain_out"]
+    assert set(lodo["per_domain"]) == set(SITES) and lodo["summary"]["mean_auc"] > 0.8
+    assert good["protocols"]["cross_site"]["source"] == "src"
+
+
+def test_constant_embeddings_give_reasons_not_crashes_or_nan():
+    y = np.random.default_rng(9).integers(0, 2, 300)
+    sites = np.repeat(np.arange(3), 100)
+    collapsed = MethodEmbeddings(np.ones((100, 4)), y[:100], np.ones((300, 4)), y, sites)
+    result = _evaluate({"collapsed": collapsed})
+    json.dumps(result, allow_nan=False)
+    b = result["methods"]["collapsed"]["per_site"]["b"]
+    assert b["fd"] is None and "collapsed encoder" in b["undefined"]["fd"]
+    assert b["auc"] == 0.5  # the probe still runs: constant scores rank every pair as a tie
+    assert "every dimension is constant" in result["methods"]["collapsed"]["signature"]["undefined"]
+
+
+def test_empty_and_single_example_sites_are_reported_as_undefined():
+    m = _method(10, 0.5)
+    keep = (m.heldout_sites != 2) | (np.arange(len(m.heldout_sites)) == len(m.heldout_sites) - 1)  # c: one row
+    m = dataclasses.replace(m, heldout=m.heldout[keep], heldout_labels=m.heldout_labels[keep],
+                            heldout_sites=m.heldout_sites[keep], heldout_tile_ids=m.heldout_tile_ids[keep],
+                            heldout_groups=m.heldout_groups[keep])
+    result = evaluate_embeddings({"m": m}, site_names=[*SITES, "empty"], source_site="src", key=jax.random.key(0),
+                                 settings=FAST)
+    json.dumps(result, allow_nan=False)
+    per_site = result["methods"]["m"]["per_site"]
+    assert per_site["c"]["n"] == 1 and per_site["empty"]["n"] == 0
+    for site in ("c", "empty"):
+        assert all(per_site[site][k] is None for k in PER_SITE)
+        assert "min_site_samples" in per_site[site]["undefined"]["auc"]
+    assert per_site["b"]["fd"] is not None

@@ -1,27 +1,40 @@
-"""Linear probe: L2-regularised logistic regression (damped Newton, JAX) and a tie-aware ROC AUC.
+"""Linear probe: L2-regularised logistic regression (damped Newton, JAX) and a tie-aware ROC AUC per bootstrap draw.
 
 The probe says whether embeddings still carry the label; it guards the separation metrics against
 an encoder that wins them by collapsing.
 """
 
-from functools import partial
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from scipy.stats import rankdata
+from scipy import linalg, special
 
+from lmc_jax.evaluate.bootstrap import Blocks
+from lmc_jax.evaluate.padding import bucket
 from lmc_jax.evaluate.separation import reference_stats
+
+
+_DECREMENT_FLOOR = 1e-6  # below this Newton decrement² (relative) float32 cannot check a decrease: full steps
 
 
 class ProbeParams(NamedTuple):
     """A fitted probe: the TRAIN set's z-scoring (mean, std) and the weights/intercept on z-scored features."""
 
-    mean: jax.Array
-    std: jax.Array
-    w: jax.Array
-    b: jax.Array
+    mean: np.ndarray
+    std: np.ndarray
+    w: np.ndarray
+    b: float
+
+
+class AucPairs(NamedTuple):
+    """Block-pair Mann–Whitney counts: wins[a, b] = Σ over positives in block a, negatives in block b of
+    [s_pos > s_neg] + ½[s_pos = s_neg]; pos/neg = positives/negatives per block."""
+
+    wins: np.ndarray
+    pos: np.ndarray
+    neg: np.ndarray
 
 
 class Undefined(NamedTuple):
@@ -30,56 +43,57 @@ class Undefined(NamedTuple):
     reason: str
 
 
-def _objective(theta: jax.Array, xa: jax.Array, y: jax.Array, l2: jax.Array) -> jax.Array:
-    """mean log-loss + (l2 / 2)·‖w‖²; theta = [w, b], xa = [x, 1], the intercept b is not penalised."""
+@jax.jit
+def _value_grad_hess(theta: jax.Array, xa: jax.Array, y: jax.Array, weight: jax.Array,
+                     l2: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Objective, gradient and Hessian of mean log-loss + (l2 / 2)·‖w‖² at theta = [w, b] (one O(N·D²) pass).
+
+    xa = [x, 1]; the intercept b is not penalised; the mean is over rows with weight 1 (weight 0 = padding).
+    """
+    n = jnp.sum(weight)
+    penalty = jnp.where(jnp.arange(xa.shape[1]) < xa.shape[1] - 1, l2, 0.0)
     logits = xa @ theta
-    return jnp.mean(jax.nn.softplus(logits) - y * logits) + 0.5 * l2 * jnp.sum(theta[:-1] ** 2)
+    p = jax.nn.sigmoid(logits)
+    value = jnp.sum(weight * (jax.nn.softplus(logits) - y * logits)) / n + 0.5 * jnp.sum(penalty * theta**2)
+    grad = xa.T @ (weight * (p - y)) / n + penalty * theta
+    hess = (xa * (weight * p * (1 - p))[:, None]).T @ xa / n + jnp.diag(penalty + 1e-7)
+    return value, grad, hess
 
 
-@partial(jax.jit, static_argnames="max_iter")
-def _newton(xa: jax.Array, y: jax.Array, l2: jax.Array, max_iter: int, tol: float) -> jax.Array:
-    """Minimise `_objective` by Newton steps with Armijo backtracking, until max|grad| < tol or max_iter."""
-    n, d1 = xa.shape
-    penalty = jnp.concatenate([jnp.full((d1 - 1,), 1.0), jnp.zeros((1,))]) * l2
-
-    def grad_hess(theta):
-        p = jax.nn.sigmoid(xa @ theta)
-        grad = xa.T @ (p - y) / n + penalty * theta
-        hess = (xa * (p * (1 - p))[:, None]).T @ xa / n + jnp.diag(penalty + 1e-7)
-        return grad, hess
-
-    def line_search(theta, step, slope):
-        f0 = _objective(theta, xa, y, l2)
-
-        def not_enough(t):
-            return (_objective(theta - t * step, xa, y, l2) > f0 - 1e-4 * t * slope) & (t > 1e-6)
-
-        t = jax.lax.while_loop(not_enough, lambda t: t * 0.5, jnp.float32(1.0))
-        return theta - t * step
-
-    def cond(state):
-        i, _, grad = state
-        return (i < max_iter) & (jnp.max(jnp.abs(grad)) >= tol)
-
-    def body(state):
-        i, theta, grad = state
-        _, hess = grad_hess(theta)
-        step = jnp.linalg.solve(hess, grad)
-        theta = line_search(theta, step, grad @ step)
-        return i + 1, theta, grad_hess(theta)[0]
-
-    theta0 = jnp.zeros((d1,), jnp.float32)
-    _, theta, _ = jax.lax.while_loop(cond, body, (0, theta0, grad_hess(theta0)[0]))
+def _newton(xa: jax.Array, y: jax.Array, weight: jax.Array, l2: np.float32, max_iter: int, tol: float,
+            theta: np.ndarray) -> np.ndarray:
+    """Minimise the objective from `theta` by Newton steps (float64 solve) with Armijo backtracking, until
+    max|grad| < tol. One device call per accepted step: a trial point's objective comes with its gradient and Hessian.
+    """
+    theta = np.asarray(theta, np.float32)
+    value, grad, hess = (np.asarray(a, np.float64) for a in _value_grad_hess(theta, xa, y, weight, l2))
+    for _ in range(max_iter):
+        if np.max(np.abs(grad)) < tol:
+            break
+        step = linalg.solve(hess, grad, assume_a="pos")
+        slope, t = float(grad @ step), 1.0  # slope = Newton decrement²: twice the predicted decrease
+        searched = slope > _DECREMENT_FLOOR * max(abs(value), 1.0)  # else float32 cannot see the decrease
+        while True:
+            trial = (theta - t * step).astype(np.float32)
+            new = [np.asarray(a, np.float64) for a in _value_grad_hess(trial, xa, y, weight, l2)]
+            if not searched or new[0] <= value - 1e-4 * t * slope or t < 1e-6:
+                break
+            t *= 0.5
+        if not searched and np.max(np.abs(new[1])) >= np.max(np.abs(grad)):
+            break  # full Newton steps no longer shrink the gradient: float32 floor reached
+        theta, (value, grad, hess) = trial, new
     return theta
 
 
 def fit_logistic(
-    x: jax.Array, y: jax.Array, l2: float = 1e-2, *, max_iter: int = 50, tol: float = 1e-5
+    x: jax.Array, y: jax.Array, l2: float = 1e-2, *, max_iter: int = 50, tol: float = 1e-5,
+    init: ProbeParams | None = None,
 ) -> ProbeParams:
     """Fit a binary logistic probe on x (N, D) z-scored with x's own statistics; y in {0, 1} with both classes.
 
     Minimises mean log-loss + (l2 / 2)·‖w‖² with an unpenalised intercept: the same optimum as
-    sklearn `LogisticRegression(C=1 / (l2 * N))` on the same z-scored features.
+    sklearn `LogisticRegression(C=1 / (l2 * N))` on the same z-scored features. `init` (a probe fit on
+    similar data, e.g. the previous fold) starts Newton from its decision function: same optimum, fewer steps.
     """
     x_np, y_np = np.asarray(x), np.asarray(y)
     if x_np.ndim != 2 or y_np.shape != (x_np.shape[0],):
@@ -90,36 +104,49 @@ def fit_logistic(
     if classes != {0, 1}:
         raise ValueError(f"fit_logistic: labels must be binary with both 0 and 1 present; got classes {sorted(classes)}.")
     mean, std = reference_stats(x_np)
-    z = (jnp.asarray(x_np, jnp.float32) - mean) / std
-    xa = jnp.concatenate([z, jnp.ones((z.shape[0], 1), jnp.float32)], axis=1)
-    theta = _newton(xa, jnp.asarray(y_np, jnp.float32), jnp.float32(l2), max_iter, tol)
-    return ProbeParams(mean=mean, std=std, w=theta[:-1], b=theta[-1])
+    n = len(y_np)
+    xa = np.zeros((bucket(n), x_np.shape[1] + 1), np.float32)  # zero rows = padding (weight 0)
+    xa[:n, :-1] = (x_np - mean) / std
+    xa[:n, -1] = 1.0
+    weight = (np.arange(len(xa)) < n).astype(np.float32)
+    y_pad = np.zeros(len(xa), np.float32)
+    y_pad[:n] = y_np
+    theta0 = np.zeros(xa.shape[1], np.float32)
+    if init is not None:  # the same decision function, re-expressed on this fit's z-scored features
+        w_raw = np.asarray(init.w, np.float64) / init.std
+        theta0[:-1] = w_raw * std
+        theta0[-1] = init.b - np.sum(w_raw * init.mean) + np.sum(w_raw * mean)
+    theta = _newton(jnp.asarray(xa), jnp.asarray(y_pad), jnp.asarray(weight), np.float32(l2), max_iter, tol, theta0)
+    return ProbeParams(mean=mean, std=std, w=theta[:-1], b=float(theta[-1]))
 
 
-@jax.jit
-def predict_proba(params: ProbeParams, x: jax.Array) -> jax.Array:
+def predict_proba(params: ProbeParams, x: np.ndarray) -> np.ndarray:
     """P(y = 1 | x) for x (M, D) in the probe's raw input space (z-scored here with the train statistics)."""
-    z = (jnp.asarray(x, jnp.float32) - params.mean) / params.std
-    return jax.nn.sigmoid(z @ params.w + params.b)
+    z = (np.asarray(x, np.float32) - params.mean) / params.std
+    return special.expit(z @ params.w + params.b)
 
 
-def roc_auc(y: np.ndarray, score: np.ndarray) -> float | Undefined:
-    """ROC AUC by Mann–Whitney U with ties as average ranks (float64; equals sklearn's roc_auc_score).
-
-    Returns `Undefined(reason)` rather than NaN when a class is missing.
-    """
+def auc_block_pairs(blocks: Blocks, y: np.ndarray, score: np.ndarray) -> AucPairs:
+    """Mann–Whitney win counts between every pair of bootstrap blocks (ties count ½), in O(N·B) memory/time."""
     y, score = np.asarray(y), np.asarray(score, np.float64)
-    if y.shape != score.shape or y.ndim != 1:
-        raise ValueError(f"roc_auc: y and score must be 1-D of equal length; got {y.shape} and {score.shape}.")
-    if y.size == 0:
-        return Undefined("no examples")
-    n_pos = int(np.sum(y == 1))
-    n_neg = int(np.sum(y == 0))
-    if n_pos + n_neg != y.size:
-        raise ValueError(f"roc_auc: labels must be 0/1; got classes {sorted(np.unique(y).tolist())}.")
-    if n_pos == 0 or n_neg == 0:
-        present = 1 if n_pos else 0
-        return Undefined(f"only one class (label {present}) among {y.size} examples")
-    ranks = rankdata(score, method="average")
-    u = np.sum(ranks[y == 1]) - n_pos * (n_pos + 1) / 2.0
-    return float(u / (n_pos * n_neg))
+    _, tie = np.unique(score, return_inverse=True)
+    num_ties = int(tie.max()) + 1 if len(tie) else 0
+    neg = np.zeros((num_ties, blocks.num), np.float32)
+    pos = np.zeros((num_ties, blocks.num), np.float32)
+    np.add.at(neg, (tie[y == 0], blocks.ids[y == 0]), 1.0)
+    np.add.at(pos, (tie[y == 1], blocks.ids[y == 1]), 1.0)
+    credit = np.cumsum(neg, axis=0, dtype=np.float64) - neg + 0.5 * neg  # negatives strictly below, ties half
+    wins = pos.T.astype(np.float64) @ credit
+    return AucPairs(wins=wins, pos=pos.sum(axis=0, dtype=np.float64), neg=neg.sum(axis=0, dtype=np.float64))
+
+
+def block_auc(pairs: AucPairs, counts: np.ndarray) -> np.ndarray:
+    """ROC AUC of each block resample (counts (R, B)) → (R,); NaN when a resample lacks a class.
+
+    With counts = 1 it is the ordinary tie-aware ROC AUC (Mann–Whitney U / (n_pos · n_neg)).
+    """
+    counts = np.asarray(counts, np.float64)
+    wins = np.einsum("rb,bc,rc->r", counts, pairs.wins, counts)
+    den = (counts @ pairs.pos) * (counts @ pairs.neg)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(den > 0, wins / den, np.nan)

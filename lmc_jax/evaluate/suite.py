@@ -1,7 +1,11 @@
-"""Walking-skeleton evaluation: per method and site, separation from the source site and linear-probe AUC.
+"""The evaluation suite: per method and site, separation from the source, batch mixing and probe transfer.
 
-Numbers in (embeddings already computed), a JSON-serialisable metrics dict out; no model code here.
+Numbers in (embeddings already computed), a JSON-serialisable, versioned metrics dict out; no model
+code here. Every value is a number with a 95% block-bootstrap interval, a number reported without
+one (the reason is recorded), or None with the reason it is undefined — never NaN.
 """
+
+from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -9,28 +13,64 @@ from dataclasses import dataclass
 import jax
 import numpy as np
 
-from lmc_jax.evaluate import probe, separation
+from lmc_jax.evaluate import bootstrap, calibration, probe, protocol, signatures, transfer
+from lmc_jax.evaluate.bootstrap import Blocks, Estimate
+from lmc_jax.evaluate import domain_shift, mixing
+from lmc_jax.evaluate.domain_shift import DISTANCES, Site, site_distances
+from lmc_jax.evaluate.mixing import MIXING, mixing_estimates
+from lmc_jax.evaluate.settings import Settings
+from lmc_jax.evaluate.separation import standardize
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+PROBE_METRICS = calibration.METRICS
+PER_SITE = DISTANCES + MIXING + PROBE_METRICS
+BOUNDS = {**domain_shift.BOUNDS, **mixing.BOUNDS, **calibration.BOUNDS}
+SUMMARY_BOUNDS = {**{f"{prefix}_{k}": b for k, b in BOUNDS.items() for prefix in ("mean_unseen", "source")},
+                  **mixing.BOUNDS, "auc_drop": (-1.0, 1.0)}
 
 NOTES = {
     "fd": "Fréchet distance ‖μ1−μ2‖²+Tr(Σ1+Σ2−2(Σ1Σ2)^½) between Gaussian fits of the source and the site's "
     "held-out embeddings, both z-scored with the source held-out statistics (= squared W2 of the Gaussian fits), "
     "divided by the embedding width D = the source's own total variance after z-scoring, so encoders of different "
     "width and scale are comparable. Lower = closer to the source = more invariant.",
-    "fd_raw": "The same Fréchet distance on the raw embeddings; depends on the encoder's scale, not comparable across methods.",
-    "fd_class": "Class-conditional FD: mean over labels of the standardised FD / D between same-label source and site embeddings "
-    "(separates stain shift from label-mix shift).",
+    "fd_raw": "The same Fréchet distance on the raw embeddings; depends on the encoder's scale, not comparable across "
+    "methods (no interval).",
+    "fd_class": "Class-conditional FD: mean over labels of the standardised FD / D between same-label source and site "
+    "embeddings (separates stain shift from label-mix shift).",
     "sliced_w2": "Sliced 2-Wasserstein distance (not squared) between the standardised SAMPLES of source and site, "
-    "exact 1-D W2 along random unit directions, root-mean-square over directions; no Gaussian assumption.",
+    "exact 1-D W2 along random unit directions, root-mean-square over directions; no Gaussian assumption (no "
+    "interval: every bootstrap draw would need a full re-sort).",
+    "mmd": "Unbiased squared maximum mean discrepancy (Gretton et al. 2012) with an RBF kernel exp(−‖a−b‖²/2σ²) on "
+    "standardised embeddings, σ = median pairwise distance among source embeddings (one kernel per method, all "
+    "sites); computed on a random subsample of eval.mmd_max_samples rows per site. Can be slightly negative; 0 = "
+    "same distribution.",
     "top1": "Fraction of the site's tiles whose nearest source-site embedding (cosine, standardised) is the same tile.",
-    "auc": "ROC AUC of a logistic probe (L2, fit on the source train embeddings) on the site's held-out examples; "
-    "near 0.5 means the label is lost, which also exposes a collapsed encoder that small FD would flatter.",
+    "silhouette_batch": "scib-metrics silhouette_batch: within each label, 1 − |silhouette of the cell w.r.t. its "
+    "site|, averaged per label then over labels (1 = sites fully mixed, 0 = separated). Per site: over that "
+    "site's cells; summary: all cells. Computed with the sites jointly on a stratified subsample.",
+    "ilisi": "scib-metrics ilisi_knn: median over cells of the inverse Simpson index of site labels among each "
+    "cell's k nearest neighbours (Gaussian weights calibrated to perplexity k/3), scaled (median−1)/(sites−1): "
+    "1 = every neighbourhood holds all sites evenly, 0 = one site only.",
+    "kbet": "scib-metrics kbet acceptance rate: share of cells whose k-neighbourhood site counts pass a χ² test "
+    "(level eval.kbet_alpha) against the global site frequencies; ≈ 1 − α for perfectly mixed sites. This is "
+    "scib_metrics.kbet on a plain kNN graph, not kbet_per_label's diffusion-map graph.",
+    "auc": "ROC AUC of a logistic probe (L2, fit on the source train embeddings less a group-disjoint validation "
+    "part) on the site's held-out examples; near 0.5 means the label is lost, which also exposes a collapsed "
+    "encoder that small distances would flatter.",
+    "f1": "F1 of the probe at the threshold that maximises F1 on the SOURCE validation part (target labels are never "
+    "used to pick it).",
+    "balanced_accuracy": "Mean of sensitivity and specificity at the source-chosen threshold.",
+    "brier": "Brier score mean((p − y)²) of the probe's P(y = 1); lower = better calibrated and sharper.",
+    "ece": "Expected calibration error: Σ over 15 equal-width bins of P(y=1) of (bin share)·|observed positive "
+    "rate − mean predicted P(y=1)|.",
     "auc_drop": "source_auc − mean_unseen_auc.",
+    "intervals": "[lo, hi] = 95% interval from block-bootstrap replicates that resample groups (patients/regions, "
+    "one draw shared by all sites so the same tissue stays paired; a site's own examples when no groups are "
+    "known) with replacement: the replicates' 2.5–97.5% percentile spread around their median, placed around the "
+    "estimate and clipped to the metric's range. The probe, kNN graph and kernel are held fixed (test-set "
+    "uncertainty).",
     "n": "Number of held-out examples at the site.",
 }
-
-_DISTANCES = ("fd", "fd_raw", "fd_class", "sliced_w2", "top1")
 
 
 @dataclass(frozen=True)
@@ -43,25 +83,25 @@ class MethodEmbeddings:
     heldout_labels: np.ndarray  # (M,) in {0, 1}
     heldout_sites: np.ndarray  # (M,) int index into site_names
     heldout_tile_ids: np.ndarray | None = None  # (M,) same id = same tissue tile rendered at different sites
+    train_groups: np.ndarray | None = None  # (N_tr,) patient/slide/region key: folds and bootstrap keep groups whole
+    heldout_groups: np.ndarray | None = None  # (M,) same key space as train_groups
 
 
 def _validate(name: str, m: MethodEmbeddings, num_sites: int) -> None:
     """Raise ValueError naming the method and field for wrong shapes, NaN/inf, or out-of-range site ids."""
-    arrays = {"train": m.train, "heldout": m.heldout}
-    for field, a in arrays.items():
-        a = np.asarray(a)
+    for field in ("train", "heldout"):
+        a = np.asarray(getattr(m, field))
         if a.ndim != 2:
             raise ValueError(f"method {name!r}: {field} must be (N, D); got shape {a.shape}.")
         if not np.all(np.isfinite(a)):
             raise ValueError(f"method {name!r}: {field} embeddings contain NaN or inf; check the encoder/checkpoint.")
     if np.shape(m.train)[1] != np.shape(m.heldout)[1]:
         raise ValueError(f"method {name!r}: train dim {np.shape(m.train)[1]} != heldout dim {np.shape(m.heldout)[1]}.")
-    per_row = {"train_labels": (m.train_labels, len(m.train)), "heldout_labels": (m.heldout_labels, len(m.heldout)),
-               "heldout_sites": (m.heldout_sites, len(m.heldout))}
-    if m.heldout_tile_ids is not None:
-        per_row["heldout_tile_ids"] = (m.heldout_tile_ids, len(m.heldout))
-    for field, (a, n) in per_row.items():
-        if np.shape(a) != (n,):
+    per_row = {"train_labels": len(m.train), "heldout_labels": len(m.heldout), "heldout_sites": len(m.heldout),
+               "heldout_tile_ids": len(m.heldout), "train_groups": len(m.train), "heldout_groups": len(m.heldout)}
+    for field, n in per_row.items():
+        a = getattr(m, field)
+        if a is not None and np.shape(a) != (n,):
             raise ValueError(f"method {name!r}: {field} must have shape ({n},); got {np.shape(a)}.")
     for field in ("train_labels", "heldout_labels"):
         values = np.unique(np.asarray(getattr(m, field))).tolist()
@@ -73,120 +113,167 @@ def _validate(name: str, m: MethodEmbeddings, num_sites: int) -> None:
                          f"got range {sites.min()}..{sites.max()}.")
 
 
-def _class_fd(src: np.ndarray, src_y: np.ndarray, tgt: np.ndarray, tgt_y: np.ndarray, min_n: int) -> float | str:
-    """Mean over the source's labels of standardised FD between same-label sets, or the reason it is undefined."""
-    values = []
-    for c in np.unique(src_y):
-        n_src, n_tgt = int(np.sum(src_y == c)), int(np.sum(tgt_y == c))
-        if min(n_src, n_tgt) < min_n:
-            return f"label {c}: {n_src} source / {n_tgt} site examples (< min_site_samples={min_n})"
-        values.append(float(separation.frechet_distance(src[src_y == c], tgt[tgt_y == c])) / src.shape[1])
-    return float(np.mean(values))
+@dataclass(frozen=True)
+class _Context:
+    site_names: list[str]
+    source_id: int
+    unseen: list[str]  # sites in the summary means (not the source, not excluded)
+    settings: Settings
+    key: jax.Array
+    seed: int
 
 
-def _top1(z: np.ndarray, ids: np.ndarray | None, src: np.ndarray, tgt: np.ndarray) -> float | str:
-    """Same-tile retrieval against the source site, or the reason it is undefined."""
-    if ids is None:
-        return "no heldout_tile_ids given"
-    query = tgt & np.isin(ids, ids[src])
-    if not query.any():
-        return "no tile of this site also occurs at the source site"
-    return float(separation.matched_top1(z[query], ids[query], z[src], ids[src]))
+def _rng(ctx: _Context, *purpose: int) -> np.random.Generator:
+    """A generator fixed by the evaluation key and a purpose, identical across methods (paired comparisons)."""
+    return np.random.default_rng([ctx.seed, *purpose])
 
 
-def _site_distances(m: MethodEmbeddings, z: np.ndarray, src: np.ndarray, tgt: np.ndarray, key: jax.Array,
-                    num_projections: int, min_n: int) -> dict[str, float | str]:
-    """Distances of one target site from the source site: value, or reason string when undefined."""
-    raw = np.asarray(m.heldout)
-    labels = np.asarray(m.heldout_labels)
-    ids = None if m.heldout_tile_ids is None else np.asarray(m.heldout_tile_ids)
-    return {
-        "fd": float(separation.frechet_distance(z[src], z[tgt])) / z.shape[1],
-        "fd_raw": float(separation.frechet_distance(raw[src], raw[tgt])),
-        "fd_class": _class_fd(z[src], labels[src], z[tgt], labels[tgt], min_n),
-        "sliced_w2": float(separation.sliced_wasserstein(z[src], z[tgt], key, num_projections)),
-        "top1": _top1(z, ids, src, tgt),
-    }
-
-
-def _probe_scores(m: MethodEmbeddings, l2: float) -> np.ndarray | str:
-    """Probe P(y=1) on every held-out row, or the reason no probe can be fit."""
-    labels = np.unique(np.asarray(m.train_labels))
-    if labels.tolist() != [0, 1]:
-        return f"probe not fit: train labels are {labels.tolist()}, need both 0 and 1"
-    params = probe.fit_logistic(m.train, m.train_labels, l2)
-    return np.asarray(probe.predict_proba(params, m.heldout))
-
-
-def _split(values: Mapping[str, float | str | probe.Undefined]) -> tuple[dict, dict]:
-    """Split metric → value-or-reason into JSON numbers (None when undefined) and a reasons dict."""
-    numbers, reasons = {}, {}
-    for k, v in values.items():
-        if isinstance(v, probe.Undefined):
-            v = v.reason
-        if isinstance(v, str):
-            numbers[k], reasons[k] = None, v
-        else:
-            numbers[k] = float(v)
-    return numbers, reasons
-
-
-def _per_site(m: MethodEmbeddings, site_names: Sequence[str], source_id: int, key: jax.Array,
-              num_projections: int, min_n: int, l2: float) -> dict[str, dict]:
-    """Metrics for every site: distances from the source (undefined at the source itself) and probe AUC."""
+def _site_blocks(m: MethodEmbeddings, ctx: _Context) -> dict[int, tuple[np.ndarray, Blocks]]:
+    """Rows and bootstrap blocks of every site (groups shared across sites as units when known and asked for)."""
+    s = ctx.settings
     sites = np.asarray(m.heldout_sites)
-    src = sites == source_id
-    n_src = int(src.sum())
-    z = np.asarray(separation.standardize(m.heldout, np.asarray(m.heldout)[src])) if n_src >= min_n else None
-    scores = _probe_scores(m, l2)
-    out = {}
-    for i, site in enumerate(site_names):
-        tgt = sites == i
-        n = int(tgt.sum())
-        too_few = f"{n} held-out examples (< min_site_samples={min_n})" if n < min_n else None
-        if i == source_id:
-            values = dict.fromkeys(_DISTANCES, "reference site (its distance to itself is 0 by definition)")
-        elif z is None:
-            values = dict.fromkeys(_DISTANCES, f"source site has {n_src} held-out examples (< min_site_samples={min_n})")
-        elif too_few:
-            values = dict.fromkeys(_DISTANCES, too_few)
+    groups = np.asarray(m.heldout_groups) if s.bootstrap_unit == "group" and m.heldout_groups is not None else None
+    blocks = bootstrap.make_blocks(sites, groups, max_blocks=s.bootstrap_blocks, replicates=s.bootstrap_replicates,
+                                   rng=_rng(ctx, 0))
+    return {i: (rows, blocks.subset(rows)) for i in range(len(ctx.site_names))
+            for rows in [np.flatnonzero(sites == i)]}
+
+
+def _separation(m: MethodEmbeddings, blocks: dict, ctx: _Context) -> tuple[dict[str, dict], dict[str, Estimate], dict]:
+    """Distances of every site from the source and the joint batch-mixing metrics (values, reasons)."""
+    s, names = ctx.settings, ctx.site_names
+    src_rows = blocks[ctx.source_id][0]
+    raw = np.asarray(m.heldout, np.float32)
+    reason = None
+    if len(src_rows) < s.min_site_samples:
+        reason = f"source site has {len(src_rows)} held-out examples (< min_site_samples={s.min_site_samples})"
+    elif np.sqrt(np.mean(np.var(raw[src_rows], axis=0, dtype=np.float64))) <= \
+            1e-9 * max(float(np.sqrt(np.mean(raw[src_rows].astype(np.float64) ** 2))), 1e-30):
+        reason = "source-site embeddings are constant (collapsed encoder): nothing to standardise distances by"
+    if reason:
+        return ({n: dict.fromkeys(DISTANCES + MIXING, reason) for n in names},
+                dict.fromkeys(MIXING, Estimate(reason, "metric undefined")), {})
+    per_site: dict[str, dict] = {n: {} for n in names}
+    z = np.asarray(standardize(raw, raw[src_rows]))
+    labels, ids = np.asarray(m.heldout_labels), m.heldout_tile_ids
+
+    def site(i: int) -> Site:
+        rows, b = blocks[i]
+        return Site(z[rows], raw[rows], labels[rows], None if ids is None else np.asarray(ids)[rows], b)
+
+    source = site(ctx.source_id)
+    targets = {names[i]: site(i) for i in range(len(names))
+               if i != ctx.source_id and len(blocks[i][0]) >= s.min_site_samples}
+    distances = site_distances(source, targets, key=ctx.key, num_projections=s.num_projections,
+                               min_n=s.min_site_samples, mmd_max_samples=s.mmd_max_samples, rng=_rng(ctx, 1))
+    mixing_sites = {names[ctx.source_id]: source, **{n: targets[n] for n in ctx.unseen if n in targets}}
+    mixed, joint, info = mixing_estimates(
+        {n: (t.z, t.labels, t.blocks) for n, t in mixing_sites.items()},
+        max_samples=s.integration_max_samples, lisi_neighbors=s.lisi_neighbors, kbet_neighbors=s.kbet_neighbors,
+        kbet_alpha=s.kbet_alpha, rng=_rng(ctx, 2))
+    for i, n in enumerate(names):
+        n_rows = len(blocks[i][0])
+        if i == ctx.source_id:
+            per_site[n].update(dict.fromkeys(DISTANCES, "reference site (its distance to itself is 0 by definition)"))
+        elif n_rows < s.min_site_samples:
+            per_site[n].update(dict.fromkeys(DISTANCES, f"{n_rows} held-out examples "
+                                                        f"(< min_site_samples={s.min_site_samples})"))
         else:
-            values = _site_distances(m, z, src, tgt, key, num_projections, min_n)
-        if isinstance(scores, str) or too_few:
-            values["auc"] = scores if isinstance(scores, str) else too_few
-        else:
-            values["auc"] = probe.roc_auc(np.asarray(m.heldout_labels)[tgt], scores[tgt])
-        numbers, reasons = _split(values)
-        out[site] = {**numbers, "n": n, "undefined": reasons}
-    return out
+            per_site[n].update(distances[n])
+        if n not in mixed:
+            why = (f"{n_rows} held-out examples (< min_site_samples={s.min_site_samples})"
+                   if n_rows < s.min_site_samples else "site excluded from summaries, so not in the joint mixing set")
+            mixed[n] = dict.fromkeys(MIXING, why)
+        per_site[n].update(mixed[n])
+    return per_site, joint, info
 
 
-def _mean_over(per_site: dict[str, dict], sites: Sequence[str], metric: str) -> float | str:
-    """Mean of `metric` over `sites` where it is defined, or the reason none is."""
-    values = [per_site[s][metric] for s in sites if per_site[s][metric] is not None]
-    if not values:
-        return f"undefined at every unseen site ({', '.join(sites) or 'there are none'})"
-    return float(np.mean(values))
+def _probe(m: MethodEmbeddings, blocks: dict, ctx: _Context) -> tuple[dict[str, dict], dict, dict]:
+    """Probe fit on source train (less validation), threshold on source validation, metrics at every site."""
+    s, names = ctx.settings, ctx.site_names
+    train, y_train = np.asarray(m.train), np.asarray(m.train_labels)
+    groups = None if m.train_groups is None else np.asarray(m.train_groups)
+    fit, val = transfer.split_validation(y_train, groups, s.probe_val_fraction, _rng(ctx, 3))
+    fitted = transfer.fit_source_probe(train[fit], y_train[fit], train[val], y_train[val], s.probe_l2)
+    if isinstance(fitted, str):
+        return {n: dict.fromkeys(PROBE_METRICS, fitted) for n in names}, {}, {"undefined": fitted}
+    scores = np.asarray(probe.predict_proba(fitted.params, np.asarray(m.heldout)))
+    labels = np.asarray(m.heldout_labels)
+    per_site, curves = {}, {}
+    for i, n in enumerate(names):
+        rows, b = blocks[i]
+        if len(rows) < s.min_site_samples:
+            per_site[n] = dict.fromkeys(PROBE_METRICS, f"{len(rows)} held-out examples "
+                                                       f"(< min_site_samples={s.min_site_samples})")
+            continue
+        per_site[n] = calibration.binary_estimates(labels[rows], scores[rows], fitted.threshold, b, s.ece_bins)
+        curves[n] = calibration.reliability(labels[rows], scores[rows], s.ece_bins)
+    info = {"threshold": fitted.threshold, "threshold_note": fitted.threshold_note, "n_fit": fitted.n_fit,
+            "n_val": fitted.n_val, "validation": "group-disjoint" if groups is not None else "stratified rows"}
+    return per_site, curves, info
 
 
-def _summary(per_site: dict[str, dict], source_site: str, exclude: Sequence[str]) -> dict:
-    """Means over unseen sites (less `exclude`), source AUC and the AUC drop, with reasons and partial-coverage notes."""
-    unseen = [s for s in per_site if s != source_site and s not in exclude]
-    values: dict[str, float | str] = {f"mean_unseen_{k}": _mean_over(per_site, unseen, k) for k in (*_DISTANCES, "auc")}
-    src_auc = per_site[source_site]["auc"]
-    values["source_auc"] = src_auc if src_auc is not None else per_site[source_site]["undefined"]["auc"]
-    if isinstance(values["source_auc"], float) and isinstance(values["mean_unseen_auc"], float):
-        values["auc_drop"] = values["source_auc"] - values["mean_unseen_auc"]
-    else:
-        values["auc_drop"] = "source_auc or mean_unseen_auc is undefined"
-    numbers, reasons = _split(values)
+def _summary(per_site: dict[str, dict], joint: dict[str, Estimate], ctx: _Context) -> dict:
+    """Means over unseen sites with intervals, source probe metrics, AUC drop and the joint mixing metrics."""
+    as_estimate = {n: {k: v if isinstance(v, Estimate) else Estimate(v, "metric undefined") for k, v in d.items()}
+                   for n, d in per_site.items()}
+    values: dict[str, Estimate | str] = {}
     partial = {}
-    for k in (*_DISTANCES, "auc"):
-        missing = [s for s in unseen if per_site[s][k] is None]
-        if missing and len(missing) < len(unseen):
-            partial[f"mean_unseen_{k}"] = f"mean over {len(unseen) - len(missing)} of {len(unseen)} unseen sites; " \
-                                          f"undefined at {', '.join(missing)}"
-    return {**numbers, "undefined": reasons, "partial": partial}
+    for metric in DISTANCES + PROBE_METRICS:
+        values[f"mean_unseen_{metric}"], note = bootstrap.combine(
+            {n: as_estimate[n][metric] for n in ctx.unseen}, lambda arrays: np.mean(arrays, axis=0))
+        if note:
+            partial[f"mean_unseen_{metric}"] = f"mean {note}"
+    source = ctx.site_names[ctx.source_id]
+    for metric in PROBE_METRICS:
+        values[f"source_{metric}"] = as_estimate[source][metric]
+    pair = {"source": values["source_auc"], "unseen": values["mean_unseen_auc"]}
+    if any(isinstance(e.value, str) for e in pair.values()):
+        values["auc_drop"] = "source_auc or mean_unseen_auc is undefined"
+    else:
+        values["auc_drop"], _ = bootstrap.combine(pair, lambda arrays: arrays[0] - arrays[1])
+    values.update(joint)
+    return {**bootstrap.as_json(values, SUMMARY_BOUNDS), "partial": partial}
+
+
+def _protocols(m: MethodEmbeddings, ctx: _Context, exclude: Sequence[str]) -> dict:
+    """The configured transfer protocols on train ∪ held-out rows (train rows belong to the source site)."""
+    s = ctx.settings
+    x = np.concatenate([np.asarray(m.train), np.asarray(m.heldout)])
+    y = np.concatenate([np.asarray(m.train_labels), np.asarray(m.heldout_labels)])
+    domains = np.concatenate([np.full(len(m.train), ctx.source_id), np.asarray(m.heldout_sites)])
+    groups = None if m.train_groups is None or m.heldout_groups is None else np.concatenate(
+        [np.asarray(m.train_groups), np.asarray(m.heldout_groups)])
+    return {name: protocol.run_protocol(
+        name, x, y, domains, groups, domain_names=ctx.site_names, source=ctx.source_id, num_folds=s.protocol_folds,
+        l2=s.probe_l2, num_bins=s.ece_bins, bootstrap_unit=s.bootstrap_unit, max_blocks=s.bootstrap_blocks,
+        replicates=s.bootstrap_replicates, rng=_rng(ctx, 4, i), summary_exclude=exclude)
+        for i, name in enumerate(s.protocols)}
+
+
+def _evaluate_method(m: MethodEmbeddings, ctx: _Context, exclude: Sequence[str]) -> dict:
+    """Everything the report shows for one method."""
+    s = ctx.settings
+    blocks = _site_blocks(m, ctx)
+    distances, joint, mixing_info = _separation(m, blocks, ctx)
+    probe_values, curves, probe_info = _probe(m, blocks, ctx)
+    per_site = {}
+    for i, n in enumerate(ctx.site_names):
+        values = {**distances[n], **probe_values[n]}
+        per_site[n] = {**bootstrap.as_json({k: values[k] for k in PER_SITE}, BOUNDS), "n": int(len(blocks[i][0]))}
+    groups = None if m.train_groups is None else np.asarray(m.train_groups)
+    return {
+        "per_site": per_site,
+        "summary": _summary({n: {**distances[n], **probe_values[n]} for n in ctx.site_names}, joint, ctx),
+        "probe": probe_info,
+        "reliability": curves,
+        "mixing": mixing_info,
+        "signature": signatures.sparse_signature(
+            np.asarray(m.train), np.asarray(m.train_labels), groups, num_folds=s.signature_folds,
+            num_lambdas=s.signature_lambdas, stability_rounds=s.signature_stability_rounds, rng=_rng(ctx, 5))
+        if s.signature_folds else {"undefined": "skipped (eval.signature_folds = 0)"},
+        "protocols": _protocols(m, ctx, exclude),
+    }
 
 
 def evaluate_embeddings(
@@ -195,19 +282,18 @@ def evaluate_embeddings(
     site_names: Sequence[str],
     source_site: str,
     key: jax.Array,
-    min_site_samples: int = 10,
-    num_projections: int = 256,
-    l2: float = 1e-2,
+    settings: Settings = Settings(),
     summary_exclude: Sequence[str] = (),
 ) -> dict:
-    """Separation (FD, class FD, sliced W2, same-tile top-1) of every site from the source, and probe AUC per site.
+    """Per method and site: separation from the source (FD, class FD, raw FD, sliced W2, MMD, top-1), batch mixing
+    (silhouette-batch, iLISI, kBET), probe transfer (AUC, F1, balanced accuracy, Brier, ECE) with 95% intervals,
+    plus the sparse signature and the transfer protocols.
 
-    Held-out embeddings are z-scored with the source site's held-out statistics; the probe is fit on the
-    method's `train` set with L2 strength `l2` (see `probe.fit_logistic`). A metric that cannot be computed
-    (site below `min_site_samples`, one class, the source itself) is None with its reason under "undefined",
-    never NaN. Sliced W2 uses the same `key` (same directions) for every site. NaN/inf embeddings raise.
-    Sites in `summary_exclude` are reported per site but left out of the unseen-site means (e.g. a split
-    cut from different tissue, whose distance mixes biology with stain).
+    Held-out embeddings are z-scored with the source site's held-out statistics. A value that cannot be
+    computed (site below min_site_samples, one class, the source itself) is None with its reason under
+    "undefined", never NaN; NaN/inf embeddings raise. Sites in `summary_exclude` are reported per site but
+    left out of the unseen-site means and the joint mixing set (e.g. a split cut from different tissue,
+    whose distance mixes biology with stain). All resampling is seeded by `key`, identically for every method.
     """
     site_names = list(site_names)
     if source_site not in site_names:
@@ -216,11 +302,18 @@ def evaluate_embeddings(
         raise ValueError(f"site_names must be unique; got {site_names}.")
     for name, m in methods.items():
         _validate(name, m, len(site_names))
-    source_id = site_names.index(source_site)
-    result = {}
-    for name, m in methods.items():
-        per_site = _per_site(m, site_names, source_id, key, num_projections, min_site_samples, l2)
-        result[name] = {"per_site": per_site, "summary": _summary(per_site, source_site, summary_exclude)}
-    return {"schema_version": SCHEMA_VERSION, "source_site": source_site, "sites": site_names,
-            "min_site_samples": min_site_samples,
-            "summary_excludes": list(summary_exclude), "methods": result, "notes": dict(NOTES)}
+    ctx = _Context(site_names=site_names, source_id=site_names.index(source_site),
+                   unseen=[n for n in site_names if n != source_site and n not in summary_exclude],
+                   settings=settings, key=key, seed=int(np.asarray(jax.random.key_data(key)).ravel()[-1]))
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "source_site": source_site,
+        "sites": site_names,
+        "summary_excludes": list(summary_exclude),
+        "settings": settings.to_json(),
+        "bootstrap": {"replicates": settings.bootstrap_replicates, "level": bootstrap.LEVEL,
+                      "unit": settings.bootstrap_unit, "max_blocks": settings.bootstrap_blocks,
+                      "interval": bootstrap.METHOD},
+        "methods": {name: _evaluate_method(m, ctx, summary_exclude) for name, m in methods.items()},
+        "notes": dict(NOTES),
+    }

@@ -2,6 +2,10 @@
 
 Pure functions of (key, tiles, static config), jitted. Each example's key is folded from the view
 index and the example's index in the global batch, so a view never depends on batch sharding.
+The optional RandStainNA-style Lab statistics sampling, blur and additive noise (off by default)
+draw from their own key stream, so turning them on leaves every other draw unchanged. They sample
+the families of the `lab_shift` and `jpeg_blur` evaluation sites (`sites.py`): with them on, those
+sites are no longer unseen and their invariance scores become partly circular.
 """
 
 import dataclasses
@@ -14,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lmc_jax.stain import color
+from lmc_jax.stain import color, planar
 
 TISSUE_OD_RAMP = (0.15, 0.45)
 """Summed RGB optical density over which stain shifts fade in: 0 on white glass (≈ 0.11-0.15 on the
@@ -23,6 +27,10 @@ VIEW_OD_EPS = 1.0 / 255.0
 """Darkest intensity in the stain path (one uint8 step): black pixels get OD log(255) ≈ 5.5, not 13.8."""
 GRAY_WEIGHTS = np.array([0.299, 0.587, 0.114])
 """Luma weights for the mean grey level that contrast jitter pivots around."""
+
+LAB_MEAN_SPREAD = np.array([11.94, 4.17, 4.77])
+"""Std across tiles of the per-tile CIE-Lab channel means (L, a, b) of the embedded slide (480 tissue
+tiles of 64 px): the unit of `lab_mean_shift`, as RandStainNA scales its templates by dataset statistics."""
 
 _STAIN = np.asarray(color.DEFAULT_STAIN_MATRIX, dtype=np.float64)  # [2, 3]
 _STAIN_PINV = np.linalg.pinv(_STAIN)  # [3, 2]
@@ -60,6 +68,16 @@ _SLOT_EDGES = np.cumsum([0] + [size for _, size in _SLOT_SIZES])
 _SLOTS = {name: slice(int(a), int(b)) for (name, _), a, b in zip(_SLOT_SIZES, _SLOT_EDGES, _SLOT_EDGES[1:])}
 _NUM_DRAWS = int(_SLOT_EDGES[-1])
 
+# The optional Lab/blur/noise knobs read a second vector, from key fold_in(key, _EXTRA_STREAM).
+_EXTRA_STREAM = 1
+_EXTRA_SLOT_SIZES = (("lab_mean", 3), ("lab_std", 3), ("blur", 1), ("noise", 1))
+_EXTRA_EDGES = np.cumsum([0] + [size for _, size in _EXTRA_SLOT_SIZES])
+_EXTRA_SLOTS = {
+    name: slice(int(a), int(b))
+    for (name, _), a, b in zip(_EXTRA_SLOT_SIZES, _EXTRA_EDGES[:-1], _EXTRA_EDGES[1:], strict=True)
+}
+_NUM_EXTRA_DRAWS = int(_EXTRA_EDGES[-1])
+
 _FACTOR_KNOBS = (
     "stain_vector_scale",
     "concentration_scale",
@@ -67,6 +85,8 @@ _FACTOR_KNOBS = (
     "brightness",
     "contrast",
     "gamma",
+    "lab_std_scale",
+    "noise_std",
 )
 
 
@@ -82,6 +102,10 @@ class StainAugConfig:
     brightness: float = 0.1  # intensity *= U(1-s, 1+s)
     contrast: float = 0.15  # (x - mean grey) * U(1-s, 1+s) + mean grey
     gamma: float = 0.1  # x ** U(1-s, 1+s), applied after the stain jitter, before brightness
+    lab_mean_shift: float = 0.0  # RandStainNA-style: Lab channel means += U(-s, s) * LAB_MEAN_SPREAD
+    lab_std_scale: float = 0.0  # RandStainNA-style: Lab channel deviations from the mean *= U(1-s, 1+s)
+    blur_sigma: float = 0.0  # Gaussian blur of sigma U(0, s) pixels (kernel radius ceil(3 s))
+    noise_std: float = 0.0  # additive Gaussian noise of std U(0, s) in [0, 1] intensity units
 
     def __post_init__(self) -> None:
         """Cast every strength to float and refuse values that would flip signs or give NaN."""
@@ -114,6 +138,11 @@ class StainAugConfig:
         return cls(**values)
 
     @property
+    def uses_extra(self) -> bool:
+        """Whether any of the Lab statistics, blur or noise knobs is on (they draw from a second key stream)."""
+        return self.lab_mean_shift > 0 or self.lab_std_scale > 0 or self.blur_sigma > 0 or self.noise_std > 0
+
+    @property
     def uses_stain_matrix(self) -> bool:
         """Whether any stain-vector or concentration jitter is on."""
         return (
@@ -124,9 +153,11 @@ class StainAugConfig:
         )
 
 
-def _symmetric(draws: jax.Array, slot: str, strength: float, centre: float = 0.0) -> jax.Array:
+def _symmetric(
+    draws: jax.Array, slot: str, strength: float, centre: float = 0.0, slots: Mapping[str, slice] = _SLOTS
+) -> jax.Array:
     """Map a slot's U[0, 1) draws to U[centre - strength, centre + strength)."""
-    return centre + strength * (2.0 * draws[_SLOTS[slot]] - 1.0)
+    return centre + strength * (2.0 * draws[slots[slot]] - 1.0)
 
 
 def _perturbed_stains(draws: jax.Array, cfg: StainAugConfig) -> jax.Array:
@@ -192,6 +223,47 @@ def _jitter_colour(draws: jax.Array, image: jax.Array, cfg: StainAugConfig) -> j
     return image
 
 
+def _lab_statistics(draws: jax.Array, image: jax.Array, cfg: StainAugConfig) -> jax.Array:
+    """RandStainNA-style: move the view's Lab channel means and scale its deviations; [H, W, 3] in [0, 1]."""
+    lab = planar.rgb_to_lab(jnp.moveaxis(image, -1, 0))
+    mean = jnp.mean(lab, axis=(1, 2), keepdims=True)
+    scale = _symmetric(draws, "lab_std", cfg.lab_std_scale, 1.0, _EXTRA_SLOTS)[:, None, None]
+    shift = _symmetric(draws, "lab_mean", cfg.lab_mean_shift, 0.0, _EXTRA_SLOTS) * LAB_MEAN_SPREAD.astype(np.float32)
+    shift = shift[:, None, None]
+    return jnp.moveaxis(planar.lab_to_rgb((lab - mean) * scale + mean + shift), 0, -1)
+
+
+def _gaussian_blur(image: jax.Array, sigma: jax.Array, max_sigma: float) -> jax.Array:
+    """Separable Gaussian blur of [H, W, 3] by a traced sigma ≤ max_sigma, reflected edges; sigma → 0 is identity."""
+    radius = max(1, math.ceil(3.0 * max_sigma))
+    offsets = jnp.arange(-radius, radius + 1, dtype=image.dtype)
+    weights = jnp.exp(-0.5 * jnp.square(offsets / jnp.maximum(sigma, 1e-3)))
+    weights = weights / jnp.sum(weights)
+    for axis in (0, 1):
+        pad = [(0, 0)] * image.ndim
+        pad[axis] = (radius, radius)
+        padded = jnp.pad(image, pad, mode="reflect" if image.shape[axis] > radius else "edge")
+        size = image.shape[axis]
+        image = sum(
+            weights[k] * jax.lax.slice_in_dim(padded, k, k + size, axis=axis) for k in range(2 * radius + 1)
+        )
+    return image
+
+
+def _extra_jitter(key: jax.Array, image: jax.Array, cfg: StainAugConfig) -> jax.Array:
+    """Lab statistics sampling, then blur, then additive noise, from the view's second key stream."""
+    extra_key = jax.random.fold_in(key, _EXTRA_STREAM)
+    draws = jax.random.uniform(extra_key, (_NUM_EXTRA_DRAWS,), jnp.float32)
+    if cfg.lab_mean_shift > 0 or cfg.lab_std_scale > 0:
+        image = _lab_statistics(draws, image, cfg)
+    if cfg.blur_sigma > 0:
+        image = _gaussian_blur(image, cfg.blur_sigma * draws[_EXTRA_SLOTS["blur"]][0], cfg.blur_sigma)
+    if cfg.noise_std > 0:
+        noise = jax.random.normal(jax.random.fold_in(extra_key, 0), image.shape, image.dtype)
+        image = image + cfg.noise_std * draws[_EXTRA_SLOTS["noise"]][0] * noise
+    return jnp.clip(image, 0.0, 1.0)
+
+
 def _geometric(draws: jax.Array, tile: jax.Array, crop_size: int) -> jax.Array:
     """Random crop_size² crop of one tile [H, W, 3] under a uniform dihedral symmetry; float32 [0, 1]."""
     positions = jnp.array([tile.shape[0] - crop_size + 1, tile.shape[1] - crop_size + 1], jnp.float32)
@@ -215,7 +287,8 @@ def _one_view(
     if stain is None:
         return image
     # materialise the crop: fused with the flip selects, XLA:CPU's log/exp loop ran 2-3x slower
-    return _jitter_colour(draws, jax.lax.optimization_barrier(image), stain)
+    image = _jitter_colour(draws, jax.lax.optimization_barrier(image), stain)
+    return _extra_jitter(key, image, stain) if stain.uses_extra else image
 
 
 def _check_tiles(shape: tuple[int, ...], crop_size: int) -> None:

@@ -1,0 +1,71 @@
+"""The evaluation knobs (config.eval.*) as one validated, frozen value passed through the suite."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+from lmc_jax.evaluate.protocol import PROTOCOLS
+
+BOOTSTRAP_UNITS = ("group", "example")
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Every number the evaluation suite needs beyond the embeddings; names match config.eval keys."""
+
+    min_site_samples: int = 10  # a site with fewer held-out examples gets undefined distances/AUC
+    num_projections: int = 256  # sliced-W2 random directions
+    probe_l2: float = 1e-2  # L2 strength of the logistic probe
+    probe_val_fraction: float = 0.2  # share of the source train set (whole groups) kept to pick the F1 threshold
+    ece_bins: int = 15  # equal-width probability bins of the ECE and the reliability diagrams
+    bootstrap_replicates: int = 200  # 0 disables confidence intervals
+    bootstrap_blocks: int = 100  # at most this many resampling blocks per domain (units merged at random above)
+    bootstrap_unit: str = "group"  # resample whole groups (patients/regions) when known, else examples
+    mmd_max_samples: int = 2000  # per domain, random subsample for the quadratic-time MMD
+    integration_max_samples: int = 10_000  # over all sites, stratified subsample for silhouette/iLISI/kBET
+    lisi_neighbors: int = 90  # scib-metrics' default k for iLISI (perplexity k // 3)
+    kbet_neighbors: int = 50  # scib-metrics' default k for kBET
+    kbet_alpha: float = 0.05  # kBET test level
+    protocols: tuple[str, ...] = PROTOCOLS  # which transfer protocols to run ("cross_site", "leave_one_domain_out")
+    protocol_folds: int = 5  # patient-disjoint folds of the protocols
+    signature_folds: int = 5  # grouped CV folds choosing the L1 strength of the sparse signature; 0 skips signatures
+    signature_lambdas: int = 20  # points on the L1 path (λ_max down to λ_max / 100)
+    signature_stability_rounds: int = 20  # half-sample refits for selection frequencies; 0 disables
+
+    def __post_init__(self) -> None:
+        checks = {
+            "min_site_samples": (self.min_site_samples >= 2, "must be ≥ 2 (a covariance needs two rows)"),
+            "num_projections": (self.num_projections >= 1, "must be ≥ 1"),
+            "probe_l2": (self.probe_l2 > 0, "must be > 0"),
+            "probe_val_fraction": (0 < self.probe_val_fraction < 1, "must be in (0, 1)"),
+            "ece_bins": (self.ece_bins >= 2, "must be ≥ 2"),
+            "bootstrap_replicates": (self.bootstrap_replicates == 0 or self.bootstrap_replicates >= 50,
+                                     "must be 0 (off) or ≥ 50 for a 95% percentile interval"),
+            "bootstrap_blocks": (self.bootstrap_blocks >= 2, "must be ≥ 2"),
+            "bootstrap_unit": (self.bootstrap_unit in BOOTSTRAP_UNITS, f"choose one of {BOOTSTRAP_UNITS}"),
+            "mmd_max_samples": (self.mmd_max_samples >= 2, "must be ≥ 2"),
+            "integration_max_samples": (self.integration_max_samples >= 4, "must be ≥ 4"),
+            "lisi_neighbors": (self.lisi_neighbors >= 3, "must be ≥ 3 (perplexity = k // 3 ≥ 1)"),
+            "kbet_neighbors": (self.kbet_neighbors >= 2, "must be ≥ 2"),
+            "kbet_alpha": (0 < self.kbet_alpha < 1, "must be in (0, 1)"),
+            "protocols": (set(self.protocols) <= set(PROTOCOLS), f"choose from {PROTOCOLS}"),
+            "protocol_folds": (self.protocol_folds >= 3, "must be ≥ 3 (fit, validation and test folds)"),
+            "signature_folds": (self.signature_folds == 0 or self.signature_folds >= 2, "must be 0 (skip) or ≥ 2"),
+            "signature_lambdas": (self.signature_lambdas >= 2, "must be ≥ 2"),
+            "signature_stability_rounds": (self.signature_stability_rounds >= 0, "must be ≥ 0 (0 disables)"),
+        }
+        for key, (ok, fix) in checks.items():
+            if not ok:
+                raise ValueError(f"config.eval.{key}={getattr(self, key)!r}: {fix}")
+
+    @classmethod
+    def from_config(cls, eval_config: Mapping) -> Settings:
+        """Settings from config.eval; keys it lacks keep their defaults, other keys there are ignored."""
+        values = {f.name: eval_config.get(f.name, f.default) for f in dataclasses.fields(cls)}
+        values["protocols"] = tuple(values["protocols"])
+        return cls(**values)
+
+    def to_json(self) -> dict:
+        """The settings as a JSON-ready dict (recorded in metrics.json)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}

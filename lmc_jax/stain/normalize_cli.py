@@ -1,0 +1,215 @@
+"""`mode=normalize`: stain-normalize a folder of tiles to a reference with Macenko, Reinhard or Vahadane.
+
+Same-size tiles go through the jitted batched transform together (one compile per tile size; the
+last batch is padded); each result is written under the same file name in the output folder, and
+the input folder is only read. Tiles flagged by the method (no tissue, degenerate estimate) are
+copied through byte for byte; corrupt or non-image files are skipped with one line each. Both are
+listed in a JSON log, with the params (which can serve as the reference of a later run).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import pathlib
+import sys
+import time
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from lmc_jax.stain import macenko, reinhard, robust, tile_io, vahadane
+
+METHODS: dict[str, tuple[ModuleType, type, type]] = {
+    "macenko": (macenko, macenko.MacenkoConfig, macenko.MacenkoParams),
+    "reinhard": (reinhard, reinhard.ReinhardConfig, reinhard.ReinhardParams),
+    "vahadane": (vahadane, vahadane.VahadaneConfig, vahadane.VahadaneParams),
+}
+LOG_NAME = "normalize_log.json"
+
+
+class NormalizeError(ValueError):
+    """A normalize config value, reference or folder that cannot work."""
+
+
+def _require(condition: bool, key: str, value: Any, fix: str) -> None:
+    if not condition:
+        raise NormalizeError(f"config.{key}={value!r}: {fix}")
+
+
+def _overlap(first: pathlib.Path, second: pathlib.Path) -> bool:
+    """Whether one folder is, or lies inside, the other."""
+    return first == second or first in second.parents or second in first.parents
+
+
+def method_config(config: ml_collections.ConfigDict) -> Any:
+    """The dataclass config of config.method built from config.<method>, or NormalizeError naming the key."""
+    _, config_class, _ = METHODS[config.method]
+    values = dict(config[config.method].items()) if config.method in config else {}
+    known = {field.name for field in dataclasses.fields(config_class)}
+    unknown = sorted(set(values) - known)
+    _require(not unknown, f"{config.method}", unknown, f"unknown key(s); the known keys are {sorted(known)}")
+    try:
+        return config_class(**values)
+    except (TypeError, ValueError) as error:
+        raise NormalizeError(f"config.{config.method}: {error}") from None
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Raises NormalizeError naming the first bad value of a normalize config (nothing is read or written)."""
+    _require(config.mode == "normalize", "mode", config.mode, "this config is for mode='normalize'")
+    _require(config.method in METHODS, "method", config.method, f"choose one of {sorted(METHODS)}")
+    _require(bool(config.reference) and pathlib.Path(config.reference).is_file(), "reference", config.reference,
+             "set it to a reference tile (PNG/JPEG/TIFF) or a params JSON from an earlier run")
+    _require(bool(config.input) and pathlib.Path(config.input).is_dir(), "input", config.input,
+             "set it to an existing folder of tiles")
+    _require(bool(config.output), "output", config.output, "set it to the folder for the normalized tiles")
+    input_dir, output_dir = pathlib.Path(config.input).resolve(), pathlib.Path(config.output).resolve()
+    _require(not _overlap(input_dir, output_dir), "output", config.output,
+             f"must not be, contain or lie inside config.input={config.input!r}: the input folder is never written")
+    if config.log:
+        log_path = pathlib.Path(config.log).resolve()
+        _require(input_dir not in log_path.parents, "log", config.log, "must not lie inside config.input")
+    for key in ("recursive", "overwrite", "progress"):
+        _require(isinstance(config[key], bool), key, config[key], "must be True or False")
+    _require(isinstance(config.batch_size, int) and config.batch_size > 0, "batch_size", config.batch_size,
+             "must be a positive integer")
+    _require(isinstance(config.jpeg_quality, int) and 1 <= config.jpeg_quality <= 100, "jpeg_quality",
+             config.jpeg_quality, "must be an integer in 1..100")
+    method_config(config)
+
+
+def load_params(config: ml_collections.ConfigDict, settings: Any) -> Any:
+    """Params fitted to the reference image, or read from a params JSON (or a previous run's log)."""
+    module, _, params_class = METHODS[config.method]
+    reference = pathlib.Path(config.reference)
+    if reference.suffix.lower() == ".json":
+        try:
+            data = json.loads(reference.read_text())
+            return params_class.from_dict(data.get("params", data) if isinstance(data, dict) else data)
+        except (OSError, json.JSONDecodeError, ValueError) as error:
+            raise NormalizeError(f"config.reference={config.reference!r}: {error}") from None
+    image = tile_io.read_rgb(reference)
+    if isinstance(image, str):
+        raise NormalizeError(f"config.reference={config.reference!r}: {image}; give a PNG/JPEG/TIFF tile.")
+    try:
+        return module.fit(image, settings)
+    except ValueError as error:
+        raise NormalizeError(f"config.reference={config.reference!r}: {error}") from None
+
+
+class _Progress:
+    """A one-line progress bar on stderr when it is a terminal; silent otherwise."""
+
+    def __init__(self, total: int, enabled: bool):
+        self.total, self.done = total, 0
+        self.enabled = enabled and total > 0 and sys.stderr.isatty()
+
+    def advance(self, count: int = 1) -> None:
+        self.done += count
+        if self.enabled:
+            filled = int(30 * self.done / self.total)
+            sys.stderr.write(f"\r[{'#' * filled}{'.' * (30 - filled)}] {self.done}/{self.total} tiles")
+            sys.stderr.write("\n" if self.done >= self.total else "")
+            sys.stderr.flush()
+
+
+@dataclasses.dataclass
+class _Run:
+    """What a run has done so far: per-file outcomes and time spent in the transform."""
+
+    normalized: int = 0
+    flagged: list[dict[str, str]] = dataclasses.field(default_factory=list)
+    skipped: list[dict[str, str]] = dataclasses.field(default_factory=list)
+    transform_seconds: float = 0.0
+
+
+def _flush(
+    batch: list[tuple[pathlib.Path, np.ndarray]],
+    transform: Callable[[np.ndarray], tuple[Any, Any]],
+    config: ml_collections.ConfigDict,
+    state: _Run,
+) -> None:
+    """Normalize one same-size batch (padded to batch_size) and write or pass through each tile."""
+    images = np.stack([image for _, image in batch])
+    padded = np.concatenate([images, np.repeat(images[-1:], config.batch_size - len(batch), axis=0)])
+    start = time.perf_counter()
+    outputs, flags = transform(padded)
+    outputs, flags = np.asarray(outputs), np.asarray(flags)
+    state.transform_seconds += time.perf_counter() - start
+    input_dir, output_dir = pathlib.Path(config.input), pathlib.Path(config.output)
+    for index, (relative, _) in enumerate(batch):
+        if flags[index] == robust.NORMALIZED:
+            tile_io.write_rgb(output_dir / relative, outputs[index], config.jpeg_quality)
+            state.normalized += 1
+        else:
+            tile_io.copy_bytes(input_dir / relative, output_dir / relative)
+            state.flagged.append({"file": str(relative), "flag": robust.FLAG_NAMES[int(flags[index])]})
+
+
+def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """Normalizes config.input into config.output; returns the summary that is also written as the JSON log."""
+    validate(config)
+    settings = method_config(config)
+    input_dir, output_dir = pathlib.Path(config.input), pathlib.Path(config.output)
+    files = tile_io.list_files(input_dir, config.recursive)
+    existing = [str(relative) for relative in files if (output_dir / relative).exists()]
+    _require(config.overwrite or not existing, "overwrite", config.overwrite,
+             f"{len(existing)} output file(s) already exist (e.g. {existing[:3]}); "
+             "set it to True or choose an empty output folder")
+    params = load_params(config, settings)
+    module, _, _ = METHODS[config.method]
+
+    def transform(batch: np.ndarray) -> tuple[Any, Any]:
+        return module.transform(batch, params, settings)
+
+    started, state = time.perf_counter(), _Run()
+    progress = _Progress(len(files), config.progress)
+    pending: dict[tuple[int, ...], list[tuple[pathlib.Path, np.ndarray]]] = {}
+    for relative in files:
+        image = tile_io.read_rgb(input_dir / relative)
+        if isinstance(image, str):
+            logging.warning("skipped %s: %s", input_dir / relative, image)
+            state.skipped.append({"file": str(relative), "reason": image})
+            progress.advance()
+            continue
+        pending.setdefault(image.shape, []).append((relative, image))
+        if len(pending[image.shape]) == config.batch_size:
+            _flush(pending.pop(image.shape), transform, config, state)
+            progress.advance(config.batch_size)
+    for batch in pending.values():
+        _flush(batch, transform, config, state)
+        progress.advance(len(batch))
+    seconds = time.perf_counter() - started
+    summary = {
+        "method": config.method,
+        "reference": str(config.reference),
+        "input": str(input_dir),
+        "output": str(output_dir),
+        "params": params.to_dict(),
+        "method_config": dataclasses.asdict(settings),
+        "counts": {
+            "files": len(files),
+            "normalized": state.normalized,
+            "flagged": len(state.flagged),
+            "skipped": len(state.skipped),
+        },
+        "flagged": state.flagged,
+        "skipped": state.skipped,
+        "seconds": round(seconds, 3),
+        "transform_seconds": round(state.transform_seconds, 3),  # includes one compilation per tile size
+    }
+    log_path = pathlib.Path(config.log) if config.log else output_dir / LOG_NAME
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log_path.write_text(json.dumps(summary, indent=2) + "\n")
+    logging.info(
+        "normalize (%s): %d normalized, %d flagged and copied unchanged, %d skipped (not images or corrupt) "
+        "of %d files in %.1f s; log: %s",
+        config.method, state.normalized, len(state.flagged), len(state.skipped), len(files), seconds, log_path,
+    )
+    summary["log"] = str(log_path)
+    return summary

@@ -1,0 +1,38 @@
+"""Shared test data for the stain normalizers: real H&E tiles cut from the embedded slide, and synthetic stains."""
+
+import numpy as np
+
+from data_pipelines import tiling
+
+TILE_CORNERS = ((128, 896), (896, 1152), (1280, 1408), (1792, 896), (2048, 1536), (2432, 640))
+"""Top-left (y, x) of 128 px tiles with ≥ 60% tissue (tiling.tissue_mask), spread over the slide."""
+REFERENCE_CORNER = (2560, 1664)
+
+
+def slide_tiles(size: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """(tiles [6, size, size, 3], reference tile [size, size, 3]) of the embedded slide, uint8."""
+    slide = tiling.read_slide_region(tiling.locate_cmu_slide())
+    tiles = np.stack([slide[y : y + size, x : x + size] for y, x in TILE_CORNERS])
+    y, x = REFERENCE_CORNER
+    return tiles, slide[y : y + size, x : x + size].copy()
+
+
+def synthetic_stains(
+    stains: np.ndarray, seed: int, batch: int = 2, size: int = 32, io: float = 255.0, offset: float = 1.0
+) -> np.ndarray:
+    """uint8 tiles [batch, size, size, 3], I = io·exp(−C·stains) − offset (Beer-Lambert; the offset matches the
+    OD convention: 1 for Macenko's −log((I + 1)/io), 0 for StainTools'), with pure H, pure E, mixtures, glass."""
+    rng = np.random.default_rng(seed)
+    conc = rng.gamma(2.0, 0.35, (batch, size * size, 2))
+    kind = rng.random((batch, size * size))
+    conc[kind < 0.3, 1] = 0.0
+    conc[(kind >= 0.3) & (kind < 0.6), 0] = 0.0
+    conc[kind > 0.92] = 0.0
+    intensity = io * np.exp(-conc @ stains) - offset
+    return np.clip(np.round(intensity), 0, 255).astype(np.uint8).reshape(batch, size, size, 3)
+
+
+def special_patches(size: int = 8) -> np.ndarray:
+    """uint8 patches [4, size, size, 3] no normalizer can use: white glass, black, one flat pink, one flat grey."""
+    colours = ((255, 255, 255), (0, 0, 0), (200, 120, 160), (128, 128, 128))
+    return np.stack([np.full((size, size, 3), colour, np.uint8) for colour in colours])

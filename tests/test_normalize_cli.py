@@ -1,0 +1,135 @@
+"""Tests for lmc_jax/stain/normalize_cli.py (mode=normalize): a folder in, same names out, input untouched, log."""
+
+import hashlib
+import json
+import logging
+import pathlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from configs import normalize as normalize_config
+from lmc_jax.stain import macenko, normalize_cli, robust
+from tests import stain_tiles
+
+
+def _snapshot(folder: pathlib.Path) -> dict[str, tuple[str, int]]:
+    """Every file under `folder` with its content hash and modification time."""
+    return {str(p.relative_to(folder)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> pathlib.Path:
+    """Tiles of two sizes and three formats, a blank tile, a corrupt PNG, a text file and a sub-folder."""
+    tiles, reference = stain_tiles.slide_tiles(size=64)
+    root = tmp_path_factory.mktemp("normalize")
+    tiles_dir = root / "in"
+    (tiles_dir / "sub").mkdir(parents=True)
+    for index, tile in enumerate(tiles[:5]):
+        Image.fromarray(tile).save(tiles_dir / f"tile{index}.png")
+    Image.fromarray(tiles[5][:40, :48]).save(tiles_dir / "small.jpg", quality=95)
+    Image.fromarray(tiles[4]).save(tiles_dir / "scan.tif")
+    Image.fromarray(np.full((64, 64, 3), 250, np.uint8)).save(tiles_dir / "glass.png")
+    (tiles_dir / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    (tiles_dir / "notes.txt").write_text("not a tile")
+    Image.fromarray(tiles[0]).save(tiles_dir / "sub" / "deep.png")
+    Image.fromarray(reference).save(root / "reference.png")
+    return root
+
+
+def _config(folder: pathlib.Path, output: str, **overrides):
+    config = normalize_config.get_config()
+    config.reference = str(folder / "reference.png")
+    config.input = str(folder / "in")
+    config.output = str(folder / output)
+    config.batch_size = 4
+    for key, value in overrides.items():
+        config[key] = value
+    return config
+
+
+def test_normalizes_a_folder_and_leaves_the_input_untouched(folder, caplog):
+    before = _snapshot(folder / "in")
+    with caplog.at_level(logging.INFO):
+        summary = normalize_cli.run(_config(folder, "out"))
+    assert _snapshot(folder / "in") == before
+    out = folder / "out"
+    assert summary["counts"] == {"files": 10, "normalized": 7, "flagged": 1, "skipped": 2}
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["tile0.png", "tile1.png", "tile2.png", "tile3.png", "tile4.png", "small.jpg", "scan.tif", "glass.png",
+         normalize_cli.LOG_NAME])
+    # PNG is lossless: the file holds exactly the batched transform of the decoded tile
+    params = macenko.fit(np.asarray(Image.open(folder / "reference.png")))
+    tile = np.asarray(Image.open(folder / "in" / "tile2.png"))
+    expected, _ = macenko.transform(tile[None], params)
+    np.testing.assert_array_equal(np.asarray(Image.open(out / "tile2.png")), np.asarray(expected[0]))
+    assert np.abs(np.asarray(Image.open(out / "tile2.png"), int) - tile).mean() > 2.0
+    assert np.asarray(Image.open(out / "small.jpg")).shape == (40, 48, 3)
+    np.testing.assert_array_equal(np.asarray(Image.open(out / "scan.tif")),
+                                  np.asarray(macenko.transform(np.asarray(Image.open(folder / "in" / "scan.tif"))[None],
+                                                               params)[0][0]))
+    assert (out / "glass.png").read_bytes() == (folder / "in" / "glass.png").read_bytes()
+    log = json.loads((out / normalize_cli.LOG_NAME).read_text())
+    assert log["flagged"] == [{"file": "glass.png", "flag": robust.FLAG_NAMES[robust.NO_TISSUE]}]
+    assert {entry["file"] for entry in log["skipped"]} == {"broken.png", "notes.txt"}
+    assert "cannot decode" in next(e["reason"] for e in log["skipped"] if e["file"] == "broken.png")
+    assert log["params"]["method"] == "macenko" and log["method_config"]["alpha"] == 1.0
+    skipped_lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("skipped ")]
+    assert len(skipped_lines) == 2 and any("notes.txt: not an image file" in line for line in skipped_lines)
+    assert any("2 skipped" in r.getMessage() and "7 normalized" in r.getMessage() for r in caplog.records)
+
+
+def test_recursive_mirrors_sub_folders_and_a_log_is_a_reference(folder):
+    first = normalize_cli.run(_config(folder, "out_recursive", method="reinhard", recursive=True))
+    assert first["counts"]["normalized"] == 8 and (folder / "out_recursive" / "sub" / "deep.png").is_file()
+    again = normalize_cli.run(_config(folder, "out_again", method="reinhard", recursive=True,
+                                      reference=first["log"]))
+    assert again["params"] == first["params"]
+    for name in ("tile0.png", "sub/deep.png"):
+        assert (folder / "out_again" / name).read_bytes() == (folder / "out_recursive" / name).read_bytes()
+
+
+def test_existing_outputs_need_overwrite(folder):
+    normalize_cli.run(_config(folder, "out_twice", method="reinhard"))
+    with pytest.raises(normalize_cli.NormalizeError, match="config.overwrite=False: 8 output file"):
+        normalize_cli.run(_config(folder, "out_twice", method="reinhard"))
+    again = normalize_cli.run(_config(folder, "out_twice", method="reinhard", overwrite=True))
+    assert again["counts"]["normalized"] == 7
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(mode="train"), "config.mode='train'"),
+        (dict(method="spams"), "config.method='spams'"),
+        (dict(reference="missing.png"), "config.reference="),
+        (dict(input="missing_dir"), "config.input="),
+        (dict(output="in/sub"), "must not be, contain or lie inside config.input"),
+        (dict(output=""), "config.output=''"),
+        (dict(batch_size=0), "config.batch_size=0"),
+        (dict(jpeg_quality=0), "config.jpeg_quality=0"),
+    ],
+)
+def test_validate_names_the_bad_key(folder, overrides, message):
+    config = _config(folder, "never_written")
+    for key, value in overrides.items():
+        config[key] = str(folder / value) if key in ("reference", "input", "output") and value else value
+    with pytest.raises(normalize_cli.NormalizeError, match=message.replace("(", r"\(")):
+        normalize_cli.validate(config)
+    assert not (folder / "never_written").exists()
+
+
+def test_method_settings_and_reference_errors(folder):
+    config = _config(folder, "never_written")
+    config.macenko.alpha = 80.0
+    with pytest.raises(normalize_cli.NormalizeError, match=r"config.macenko: MacenkoConfig.alpha=80"):
+        normalize_cli.validate(config)
+    glass = _config(folder, "never_written", reference=str(folder / "in" / "glass.png"))
+    with pytest.raises(normalize_cli.NormalizeError, match="glass.png.*no_tissue"):
+        normalize_cli.run(glass)
+    broken = _config(folder, "never_written", reference=str(folder / "in" / "broken.png"))
+    with pytest.raises(normalize_cli.NormalizeError, match="cannot decode"):
+        normalize_cli.run(broken)
+    assert not (folder / "never_written").exists()
