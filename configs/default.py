@@ -95,4 +95,21 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval.batch_size = 256
     config.eval.probe_l2 = 1e-2  # L2 strength of the logistic-regression probe
     config.eval.checkpoint = ""  # mode=evaluate: the workdir (or checkpoints dir) to evaluate
+    config.eval.min_site_samples = 10  # fewer held-out examples at a site: its metrics are undefined
+    config.eval.num_projections = 256  # sliced-W2 directions
+    config.eval.probe_val_fraction = 0.2  # source-train share (by group) used to pick the F1 threshold
+    config.eval.ece_bins = 15
+    config.eval.bootstrap_replicates = 200  # 95% intervals; 0 disables
+    config.eval.bootstrap_blocks = 100
+    config.eval.bootstrap_unit = "group"  # resample whole regions/patients ("group") or single examples
+    config.eval.mmd_max_samples = 2000  # rows per site for MMD
+    config.eval.integration_max_samples = 10000  # stratified subsample for silhouette/iLISI/kBET
+    config.eval.lisi_neighbors = 90
+    config.eval.kbet_neighbors = 50
+    config.eval.kbet_alpha = 0.05
+    config.eval.protocols = ("cross_site", "leave_one_domain_out")  # () disables
+    config.eval.protocol_folds = 5  # patient/region-disjoint folds
+    config.eval.signature_folds = 5  # grouped CV for the L1 signature; 0 skips signatures
+    config.eval.signature_lambdas = 20
+    config.eval.signature_stability_rounds = 20
     return config

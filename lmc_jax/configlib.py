@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from lmc_jax.evaluate.settings import Settings
 from lmc_jax.export.load import init_from_path
 from lmc_jax.models.vit import parse_variant
 
@@ -71,6 +72,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _require(not unknown, "eval.references", tuple(config.eval.references), f"unknown {sorted(unknown)}; "
              f"choose from {REFERENCES}")
     _require(config.eval.batch_size > 0, "eval.batch_size", config.eval.batch_size, "must be a positive integer")
+    try:
+        Settings.from_config(config.eval)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(str(error)) from None
     try:
         init_from_path(config.init_from)
     except ValueError as error:

@@ -64,3 +64,10 @@ def test_shipped_training_configs_are_valid(name):
     config = runpy.run_path(os.path.join(ROOT, "configs", f"{name}.py"))["get_config"]()
     validate(config)
     assert config.batch_size % 8 == 0  # divisible over a typical 8-chip host
+
+
+def test_bad_evaluation_setting_names_its_key():
+    config = tiny_config()
+    config.eval.kbet_alpha = 2.0
+    with pytest.raises(ConfigError, match="kbet_alpha"):
+        validate(config)

@@ -24,4 +24,7 @@ def tiny_config() -> ml_collections.ConfigDict:
     config.checkpoint.every_steps = 2
     config.log_every_steps = 2
     config.eval.batch_size = 32
+    config.eval.bootstrap_replicates = 50
+    config.eval.protocol_folds = 3
+    config.eval.signature_stability_rounds = 0
     return config
