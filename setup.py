@@ -31,7 +31,8 @@ setup(
         "threadpoolctl>=3.1",  # one BLAS thread around D×D linear algebra in evaluation (faster on few cores)  # export writes timm-compatible weights without torch
     ],
     extras_require={
-        "test": ["pytest>=8", "hypothesis>=6.100", "scikit-learn>=1.4", "scib-metrics>=0.5.10"],
+        "test": ["pytest>=8", "hypothesis>=6.100", "scikit-learn>=1.4", "scib-metrics>=0.5.10",
+                 "torchstain>=1.4"],  # parity references: numpy backends only
         # PyTorch parity (export/import tests, benchmarks). torch==2.13.0 is the CPU wheel on our machines;
         # timm drags torchvision in, pinned to the release that matches (see lmc_jax/export/torch_compat.py).
         "export": ["torch==2.13.0", "torchvision==0.28.0", "timm==1.0.31"],

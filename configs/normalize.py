@@ -4,8 +4,9 @@ Fits the method to the reference image (or loads params saved by an earlier run 
 normalizes every tile in batches of same-size images through one jitted function, writing each
 under the same file name to the output folder (the input folder is only read). Tiles without
 tissue or with a degenerate stain estimate are copied through unchanged and listed, with corrupt or
-non-image files, in `<output>/normalize_log.json`. On a 2-core CPU: ~1 s to compile per tile size,
-then hundreds of 224 px tiles per second (see BENCHMARKS.md); decoding and PNG encoding often dominate.
+non-image files, in `<output>/normalize_log.json`. On a 2-core CPU: 1-3 s to compile per tile size,
+then ~400-1000 tiles of 224 px per second in the transform (see BENCHMARKS.md); decoding and PNG
+encoding of the files usually take longer than that.
 
     python -m lmc_jax.main --config configs/normalize.py --config.method=macenko \
         --config.reference=ref.png --config.input=DIR --config.output=DIR

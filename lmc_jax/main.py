@@ -28,6 +28,19 @@ class _QuietLibraries(logging.Filter):
 
 
 def main(argv: list[str]) -> None:
+    """Runs config.mode; a bad value the modes detect ends the run with one line naming it, no traceback."""
+    from lmc_jax.configlib import ConfigError
+    from lmc_jax.export.cli import ExportError
+    from lmc_jax.export.timm import TimmWeightsError
+    from lmc_jax.stain.normalize_cli import NormalizeError
+
+    try:
+        _dispatch(argv)
+    except (ConfigError, ExportError, TimmWeightsError, NormalizeError) as error:
+        sys.exit(f"error: {error}")
+
+
+def _dispatch(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}; settings go through --config.key=value")
     for handler in logging.getLogger().handlers:

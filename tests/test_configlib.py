@@ -71,3 +71,11 @@ def test_bad_evaluation_setting_names_its_key():
     config.eval.kbet_alpha = 2.0
     with pytest.raises(ConfigError, match="kbet_alpha"):
         validate(config)
+
+
+def test_cli_reports_a_bad_value_in_one_line_without_traceback(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "lmc_jax.main", "--config", "configs/default.py", "--workdir",
+                             str(tmp_path), "--config.lmc.num_views=1"], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == "error: config.lmc.num_views=1: LMC needs at least 2 views"
+    assert "Traceback" not in result.stderr

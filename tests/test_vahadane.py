@@ -47,6 +47,11 @@ def test_recovers_a_known_stain_matrix():
     assert angles.max() < 3.0, angles  # measured 1.3-2.1 degrees (the λ = 0.1 sparsity bias)
 
 
+@pytest.fixture(scope="module")
+def slide():
+    return stain_tiles.slide_tiles(size=96)
+
+
 def test_fixed_seed_is_reproducible_and_seeds_agree(slide):
     tiles, reference = slide
     first = vahadane.fit(reference, FAST)
@@ -55,11 +60,6 @@ def test_fixed_seed_is_reproducible_and_seeds_agree(slide):
     assert _angles_degrees(np.asarray(other.stain_matrix), np.asarray(first.stain_matrix)).max() < 4.0
     out, _ = vahadane.transform(tiles[:2], first, FAST)
     np.testing.assert_array_equal(vahadane.transform(tiles[:2], first, FAST)[0], out)
-
-
-@pytest.fixture(scope="module")
-def slide():
-    return stain_tiles.slide_tiles(size=96)
 
 
 def test_normalizes_real_tiles_towards_the_target(slide):
