@@ -92,6 +92,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval = ml_collections.ConfigDict()
     config.eval.at_end = True  # mode=train: evaluate (and train the references) after training
     config.eval.references = ("untrained", "geometric_only")  # encoders compared with LMC
+    config.eval.normalizers = ("macenko", "reinhard", "vahadane")  # baselines: normalise to the source, then encode
+    config.eval.normalizer_encoders = ("geometric_only",)  # encoders the normalisers run in front of
+    config.eval.normalizer_fit_tiles = 256  # source training tiles the normalisers are fitted to
     config.eval.batch_size = 256
     config.eval.probe_l2 = 1e-2  # L2 strength of the logistic-regression probe
     config.eval.checkpoint = ""  # mode=evaluate: the workdir (or checkpoints dir) to evaluate

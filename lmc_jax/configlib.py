@@ -14,6 +14,7 @@ from lmc_jax.models.vit import parse_variant
 MODES = ("train", "evaluate")  # export and normalize have their own configs, validated by their modules
 DTYPES = ("float32", "bfloat16", "float16")
 REFERENCES = ("untrained", "geometric_only")
+NORMALIZERS = ("macenko", "reinhard", "vahadane")
 
 
 class ConfigError(ValueError):
@@ -71,6 +72,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
     unknown = set(config.eval.references) - set(REFERENCES)
     _require(not unknown, "eval.references", tuple(config.eval.references), f"unknown {sorted(unknown)}; "
              f"choose from {REFERENCES}")
+    unknown = set(config.eval.normalizers) - set(NORMALIZERS)
+    _require(not unknown, "eval.normalizers", tuple(config.eval.normalizers), f"unknown {sorted(unknown)}; "
+             f"choose from {NORMALIZERS}")
+    _require(config.eval.normalizer_fit_tiles > 0, "eval.normalizer_fit_tiles", config.eval.normalizer_fit_tiles,
+             "must be a positive integer")
     _require(config.eval.batch_size > 0, "eval.batch_size", config.eval.batch_size, "must be a positive integer")
     try:
         Settings.from_config(config.eval)

@@ -17,6 +17,7 @@ from data_pipelines import input_pipeline
 from lmc_jax import parallel, train
 from lmc_jax.evaluate import pipeline, report
 from lmc_jax.evaluate.embed import make_encoder
+from lmc_jax.evaluate.normalizers import fit_normalizers
 
 LMC = "lmc"
 
@@ -64,14 +65,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.Path) -
         if name != "untrained":
             logging.info("training reference %r", name)
             train.train(reference_config(config, name), workdir / "references" / name, mesh)
-    metrics, paths = pipeline.evaluate_encoders(config, _encoders(config, workdir, mesh), workdir / "eval")
+    metrics, paths = _evaluate(config, _encoders(config, workdir, mesh), workdir / "eval")
     _announce(metrics, paths)
     return metrics
+
+
+def _evaluate(config: ml_collections.ConfigDict, encoders: dict, out_dir: epath.Path) -> tuple[dict, dict]:
+    """All encoders, plus the stain-normalisation baselines (fitted to source training tiles) in front of
+    the encoders `config.eval.normalizer_encoders` names."""
+    names = tuple(config.eval.normalizers)
+    if not names:
+        return pipeline.evaluate_encoders(config, encoders, out_dir)
+    train, _ = pipeline.load_eval_data(config)
+    reference = train["image"][: config.eval.normalizer_fit_tiles]
+    return pipeline.evaluate_encoders(
+        config, encoders, out_dir,
+        input_transforms=fit_normalizers(names, reference),
+        transform_encoders=tuple(n for n in config.eval.normalizer_encoders if n in encoders),
+    )
 
 
 def evaluate_workdir(config: ml_collections.ConfigDict, run_dir: epath.Path, workdir: epath.Path) -> dict:
     """Evaluates a finished run (its LMC checkpoint and references) into `workdir/eval`."""
     mesh = parallel.make_mesh(config.mesh.data, config.mesh.fsdp)
-    metrics, paths = pipeline.evaluate_encoders(config, _encoders(config, run_dir, mesh), workdir / "eval")
+    metrics, paths = _evaluate(config, _encoders(config, run_dir, mesh), workdir / "eval")
     _announce(metrics, paths)
     return metrics

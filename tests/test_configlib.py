@@ -29,6 +29,7 @@ def test_default_and_tiny_configs_are_valid():
         ("lmc.stain.hed_jitter", -0.1, "config.lmc.stain.hed_jitter"),
         ("optimizer.warmup_steps", 100, "config.optimizer.warmup_steps"),
         ("eval.references", ("untrained", "imagenet"), "config.eval.references"),
+        ("eval.normalizers", ("macenko", "staintools"), "config.eval.normalizers"),
     ],
 )
 def test_bad_values_name_their_key(key, value, message):

@@ -21,7 +21,7 @@ def run(tiny_data_dir, tmp_path_factory):
 
 def test_every_method_is_evaluated_at_every_site(run):
     workdir, metrics, _ = run
-    assert set(metrics["methods"]) == {"lmc", "untrained", "geometric_only", RAW_COLOUR}
+    assert set(metrics["methods"]) == {"lmc", "untrained", "geometric_only", RAW_COLOUR, "reinhard+geometric_only"}
     for method in metrics["methods"].values():
         assert set(method["per_site"]) == set(metrics["sites"])
         assert method["summary"]["mean_unseen_fd"] > 0
