@@ -20,6 +20,7 @@ import numpy as np
 
 from lmc_jax.stain import color, planar, robust
 from lmc_jax.stain import params as params_io
+from lmc_jax.stain import stain_matrix
 
 REFERENCE_MAX_CONCENTRATIONS = np.array([1.9705, 1.0308])
 """torchstain's default target maximum H and E concentrations (with `color.DEFAULT_STAIN_MATRIX`)."""
@@ -98,15 +99,6 @@ def _least_squares_inverse(stains: jax.Array) -> jax.Array:
     return stains.T @ inverse
 
 
-class _Estimate(NamedTuple):
-    """A group's stain estimates and flags (one row per image, or per pooled pixel set)."""
-
-    stain_matrix: jax.Array  # [G, 2, 3]
-    max_concentrations: jax.Array  # [G, 2]
-    concentrations: jax.Array  # [G, 2, N]
-    flag: jax.Array  # int32 [G]
-
-
 def _weighted_covariance(od: jax.Array, mask: jax.Array, count: jax.Array) -> jax.Array:
     """Unbiased covariance [3, 3] of the masked columns of planar OD [3, N] (numpy.cov of them), as one GEMM."""
     centred = jnp.where(mask, od - robust.masked_mean(od, mask)[:, None], 0.0)
@@ -163,7 +155,7 @@ def _stains(od: jax.Array, plane: jax.Array, angles: jax.Array) -> tuple[jax.Arr
     return stains, planar.apply_matrix(od, _least_squares_inverse(stains))
 
 
-def _estimate(intensity: jax.Array, config: MacenkoConfig) -> _Estimate:
+def _estimate(intensity: jax.Array, config: MacenkoConfig) -> stain_matrix.Estimate:
     """Macenko stain vectors, concentrations and maxima of a group of planar images [G, 3, N] (0-255).
 
     Per-image algebra is vmapped; the percentiles run on the group's rows together, which amortises
@@ -180,21 +172,7 @@ def _estimate(intensity: jax.Array, config: MacenkoConfig) -> _Estimate:
     spread = jnp.abs(angles[:, 1] - angles[:, 0])
     degenerate = (spread < config.min_stain_angle) | jnp.any(maxima <= 1e-6, axis=1) | ~finite
     flag = robust.combine_flags((no_tissue, robust.NO_TISSUE), (degenerate, robust.DEGENERATE))
-    return _Estimate(stains, maxima, conc, flag)
-
-
-def _transform_group(images: jax.Array, params: MacenkoParams, config: MacenkoConfig) -> tuple[jax.Array, jax.Array]:
-    """Normalize a group of images [G, H, W, 3] towards `params`; returns (images, flags [G])."""
-    pixels = jax.vmap(planar.pixels)(images)
-    estimate = _estimate(pixels, config)
-    normalized = estimate.flag == robust.NORMALIZED
-    scale = params.max_concentrations / jnp.where(normalized[:, None], estimate.max_concentrations, 1.0)
-
-    def rebuild(conc: jax.Array, image_scale: jax.Array) -> jax.Array:
-        return config.io * jnp.exp(-planar.apply_matrix(conc * image_scale[:, None], params.stain_matrix))
-
-    rebuilt = jnp.where(normalized[:, None, None], jax.vmap(rebuild)(estimate.concentrations, scale), pixels)
-    return jax.vmap(planar.to_image)(rebuilt, images), estimate.flag
+    return stain_matrix.Estimate(stains, maxima, conc, flag)
 
 
 @functools.partial(jax.jit, static_argnames=("config",))
@@ -205,21 +183,13 @@ def transform(
 
     Returns (images of the input dtype, int32 flags [B] from `robust`); flagged images come back unchanged.
     """
-    robust.check_batch(batch, "macenko.py")
-    params = jax.tree.map(lambda leaf: jnp.asarray(leaf, jnp.float32), params)
-    return robust.map_groups(functools.partial(_transform_group, params=params, config=config), batch)
+    return stain_matrix.transform(batch, params, config, _estimate, "macenko.py")
 
 
 @functools.partial(jax.jit, static_argnames=("config",))
 def estimate_stains(batch: jax.Array, config: MacenkoConfig = MacenkoConfig()) -> tuple[MacenkoParams, jax.Array]:
     """Each image's own Macenko params (stain matrix [B, 2, 3], maxima [B, 2]) and flags [B]."""
-    robust.check_batch(batch, "macenko.py")
-
-    def group(images: jax.Array) -> tuple[MacenkoParams, jax.Array]:
-        found = _estimate(jax.vmap(planar.pixels)(images), config)
-        return MacenkoParams(found.stain_matrix, found.max_concentrations), found.flag
-
-    return robust.map_groups(group, batch)
+    return stain_matrix.estimate_stains(batch, config, _estimate, MacenkoParams, "macenko.py")
 
 
 def fit(target_images: jax.Array | np.ndarray, config: MacenkoConfig = MacenkoConfig()) -> MacenkoParams:
@@ -227,7 +197,5 @@ def fit(target_images: jax.Array | np.ndarray, config: MacenkoConfig = MacenkoCo
 
     Raises ValueError when the target has no usable tissue (the transform would have nothing to match).
     """
-    found, flag = estimate_stains(robust.pooled_pixels(target_images, "macenko.py"), config)
     cause = f"fewer than {config.min_tissue_fraction:.0%} stained pixels, or one flat colour"
-    robust.check_fitted(flag, "macenko.py", cause)
-    return MacenkoParams(found.stain_matrix[0], found.max_concentrations[0])
+    return stain_matrix.fit(target_images, config, estimate_stains, MacenkoParams, "macenko.py", cause)

@@ -21,6 +21,7 @@ import numpy as np
 
 from lmc_jax.stain import color, planar, robust
 from lmc_jax.stain import params as params_io
+from lmc_jax.stain import stain_matrix
 
 _TINY = 1e-12
 
@@ -126,15 +127,6 @@ def _sample_tissue(od: jax.Array, tissue: jax.Array, config: VahadaneConfig) -> 
     return od[:, index], weights
 
 
-class _Estimate(NamedTuple):
-    """A group's stain estimates and flags (one row per image, or per pooled pixel set)."""
-
-    stain_matrix: jax.Array  # [G, 2, 3]
-    max_concentrations: jax.Array  # [G, 2]
-    concentrations: jax.Array  # [G, 2, N]
-    flag: jax.Array  # int32 [G]
-
-
 def _dictionary(intensity: jax.Array, config: VahadaneConfig) -> tuple[jax.Array, ...]:
     """One image's tissue count, unit stain dictionary [2, 3] (H first) and concentrations [2, N] of all pixels."""
     od = jnp.maximum(-jnp.log(jnp.maximum(intensity, 1.0) / config.io), 1e-6)
@@ -153,7 +145,7 @@ def _dictionary(intensity: jax.Array, config: VahadaneConfig) -> tuple[jax.Array
     return robust.masked_count(tissue), stains, nonnegative_lasso(od, stains, config.concentration_regularizer)
 
 
-def _estimate(intensity: jax.Array, config: VahadaneConfig) -> _Estimate:
+def _estimate(intensity: jax.Array, config: VahadaneConfig) -> stain_matrix.Estimate:
     """Stain dictionaries, concentrations and maxima of a group of planar images [G, 3, N] (0-255).
 
     Per-image dictionary learning is vmapped; the percentiles run on the group's rows together.
@@ -165,21 +157,7 @@ def _estimate(intensity: jax.Array, config: VahadaneConfig) -> _Estimate:
     finite = jnp.all(jnp.isfinite(stains), axis=(1, 2)) & jnp.all(jnp.isfinite(maxima), axis=1)
     degenerate = (jnp.arccos(cosine) < config.min_stain_angle) | jnp.any(maxima <= 1e-6, axis=1) | ~finite
     flag = robust.combine_flags((no_tissue, robust.NO_TISSUE), (degenerate, robust.DEGENERATE))
-    return _Estimate(stains, maxima, conc, flag)
-
-
-def _transform_group(images: jax.Array, params: VahadaneParams, config: VahadaneConfig) -> tuple[jax.Array, jax.Array]:
-    """Normalize a group of images [G, H, W, 3] towards `params`; returns (images, flags [G])."""
-    pixels = jax.vmap(planar.pixels)(images)
-    estimate = _estimate(pixels, config)
-    normalized = estimate.flag == robust.NORMALIZED
-    scale = params.max_concentrations / jnp.where(normalized[:, None], estimate.max_concentrations, 1.0)
-
-    def rebuild(conc: jax.Array, image_scale: jax.Array) -> jax.Array:
-        return config.io * jnp.exp(-planar.apply_matrix(conc * image_scale[:, None], params.stain_matrix))
-
-    rebuilt = jnp.where(normalized[:, None, None], jax.vmap(rebuild)(estimate.concentrations, scale), pixels)
-    return jax.vmap(planar.to_image)(rebuilt, images), estimate.flag
+    return stain_matrix.Estimate(stains, maxima, conc, flag)
 
 
 @functools.partial(jax.jit, static_argnames=("config",))
@@ -190,21 +168,13 @@ def transform(
 
     Returns (images of the input dtype, int32 flags [B] from `robust`); flagged images come back unchanged.
     """
-    robust.check_batch(batch, "vahadane.py")
-    params = jax.tree.map(lambda leaf: jnp.asarray(leaf, jnp.float32), params)
-    return robust.map_groups(functools.partial(_transform_group, params=params, config=config), batch)
+    return stain_matrix.transform(batch, params, config, _estimate, "vahadane.py")
 
 
 @functools.partial(jax.jit, static_argnames=("config",))
 def estimate_stains(batch: jax.Array, config: VahadaneConfig = VahadaneConfig()) -> tuple[VahadaneParams, jax.Array]:
     """Each image's own Vahadane params (stain matrix [B, 2, 3], maxima [B, 2]) and flags [B]."""
-    robust.check_batch(batch, "vahadane.py")
-
-    def group(images: jax.Array) -> tuple[VahadaneParams, jax.Array]:
-        found = _estimate(jax.vmap(planar.pixels)(images), config)
-        return VahadaneParams(found.stain_matrix, found.max_concentrations), found.flag
-
-    return robust.map_groups(group, batch)
+    return stain_matrix.estimate_stains(batch, config, _estimate, VahadaneParams, "vahadane.py")
 
 
 def fit(target_images: jax.Array | np.ndarray, config: VahadaneConfig = VahadaneConfig()) -> VahadaneParams:
@@ -212,7 +182,5 @@ def fit(target_images: jax.Array | np.ndarray, config: VahadaneConfig = Vahadane
 
     Raises ValueError when the target has no usable tissue (the transform would have nothing to match).
     """
-    found, flag = estimate_stains(robust.pooled_pixels(target_images, "vahadane.py"), config)
     cause = f"fewer than {config.min_tissue_fraction:.0%} stained pixels, or a single stain"
-    robust.check_fitted(flag, "vahadane.py", cause)
-    return VahadaneParams(found.stain_matrix[0], found.max_concentrations[0])
+    return stain_matrix.fit(target_images, config, estimate_stains, VahadaneParams, "vahadane.py", cause)
