@@ -92,10 +92,18 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval = ml_collections.ConfigDict()
     config.eval.at_end = True  # mode=train: evaluate (and train the references) after training
     config.eval.references = ("untrained", "geometric_only")  # encoders compared with LMC
+    # more rows of the table: "[NAME=]timm:/path/model.safetensors" or "[NAME=]/path/to/another/workdir"
+    config.eval.extra_encoders = ()
     config.eval.normalizers = ("macenko", "reinhard", "vahadane")  # baselines: normalise to the source, then encode
     config.eval.normalizer_encoders = ("geometric_only",)  # encoders the normalisers run in front of
     config.eval.normalizer_fit_tiles = 256  # source training tiles the normalisers are fitted to
     config.eval.batch_size = 256
+    # Which tiles play which role (TFDS split names of config.data.name; sites come from its metadata)
+    config.eval.source_split = "train"  # fits the probes and the normalisers
+    config.eval.heldout_splits = ("heldout", "ihc")  # test tiles of every site, the source's own included
+    config.eval.source_site = "source"  # the reference of every distance; "" = most frequent site of source_split
+    config.eval.summary_exclude = ("ihc",)  # per-site rows only, not in the unseen means (seen sites are added)
+    config.eval.max_split_tiles = 0  # random subset of at most this many tiles per split (held in memory); 0 = all
     config.eval.probe_l2 = 1e-2  # L2 strength of the logistic-regression probe
     config.eval.checkpoint = ""  # mode=evaluate: the workdir (or checkpoints dir) to evaluate
     config.eval.min_site_samples = 10  # fewer held-out examples at a site: its metrics are undefined

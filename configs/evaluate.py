@@ -34,6 +34,19 @@ def get_config() -> ml_collections.ConfigDict:
     ev = config.eval
     ev.checkpoint = ""  # REQUIRED: the workdir (or its checkpoints dir) of the trained run
 
+    # More rows of the methods table: another training run, or timm ViT weights (architecture from the
+    # timm config.json beside them, else config.model), e.g.
+    #   --config.eval.extra_encoders="('baseline=runs/other', 'uni=timm:/weights/uni/model.safetensors')"
+    ev.extra_encoders = ()
+
+    # Which tiles play which role: TFDS splits of config.data.name (the embedded set's by default; for
+    # Camelyon17-WILDS: source_split="train", heldout_splits=("id_val", "val", "test"), source_site="")
+    ev.source_split = "train"
+    ev.heldout_splits = ("heldout", "ihc")
+    ev.source_site = "source"  # "" = the most frequent site of source_split
+    ev.summary_exclude = ("ihc",)
+    ev.max_split_tiles = 0  # 0 = every tile of each split
+
     # Which sites count and how small a site may be
     ev.min_site_samples = 10  # a site with fewer held-out examples gets undefined distances and probe metrics
 

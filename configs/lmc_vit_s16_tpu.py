@@ -7,6 +7,9 @@ LMC promise is checked on the held-out centres (val = centre 1, test = centre 2)
     python -m data_pipelines.build --name camelyon17_wilds --manual_dir /data/camelyon17_v1.0 --data_dir gs://B/tfds
     ./run.sh tpu --name my-v4-32 --zone us-central2-b --config configs/lmc_vit_s16_tpu.py --workdir gs://B/lmc/s16 \
         -- --config.data.data_dir=gs://B/tfds
+    # then evaluate on the held-out centres with the eval keys below:
+    python -m lmc_jax.main --config configs/lmc_vit_s16_tpu.py --config.mode=evaluate \
+        --config.eval.checkpoint=gs://B/lmc/s16 --config.data.data_dir=gs://B/tfds --workdir gs://B/lmc/s16_eval
 """
 
 import os
@@ -33,6 +36,11 @@ def get_config():
     config.mesh.fsdp = 1  # ViT-S fits on every chip; raise for bigger models
     config.checkpoint.every_steps = 1_000
     config.log_every_steps = 100
-    config.eval.at_end = False  # evaluate with configs/evaluate.py on the held-out centres
+    config.eval.at_end = False  # evaluate afterwards with --config.mode=evaluate (see the docstring)
+    config.eval.source_split = "train"  # centres 0, 3, 4; the most frequent is the distances' reference
+    config.eval.heldout_splits = ("id_val", "val", "test")  # in-distribution tiles, centre 1, centre 2
+    config.eval.source_site = ""  # the other training centres are reported but not counted as unseen
+    config.eval.summary_exclude = ()
+    config.eval.max_split_tiles = 50_000  # per split, held in memory on every host
     config.eval.references = ("untrained",)
     return config

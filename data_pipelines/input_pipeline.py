@@ -9,6 +9,7 @@ p, p + N, p + 2N, ...; so the N processes read each epoch's records exactly once
 """
 
 import pathlib
+from collections.abc import Sequence
 from typing import Any
 
 import grain
@@ -49,6 +50,16 @@ def data_source(config: ml_collections.ConfigDict, data_dir: str | pathlib.Path,
     if split not in source:
         raise ValueError(f"Split {split!r} not in {name}/{config_name} at {path}; available: {sorted(source)}.")
     return source[split]
+
+
+def split_size(config: ml_collections.ConfigDict, data_dir: str | pathlib.Path, split: str) -> int:
+    """Number of records in `split` (read from the data set's metadata, nothing decoded)."""
+    return len(data_source(config, data_dir, split))
+
+
+def site_names(config: ml_collections.ConfigDict, data_dir: str | pathlib.Path, split: str) -> list[str]:
+    """The names of the `site` ClassLabel of data set `config.data.name` (index = stored site id)."""
+    return list(data_source(config, data_dir, split).dataset_info.features["site"].names)
 
 
 def ensure_built(config: ml_collections.ConfigDict) -> None:
@@ -117,13 +128,16 @@ def make_train_iterator(
     return iter(iter_dataset)
 
 
-def load_split(config: ml_collections.ConfigDict, data_dir: str | pathlib.Path, split: str) -> dict[str, np.ndarray]:
-    """Whole split in memory, in file order: image uint8 (N, T, T, 3), coords int64 (N, 2), the rest int64 (N,)."""
+def load_split(config: ml_collections.ConfigDict, data_dir: str | pathlib.Path, split: str,
+               indices: Sequence[int] | None = None) -> dict[str, np.ndarray]:
+    """A split (or its records at `indices`) in memory, in file order: image uint8 (N, T, T, 3), coords int64
+    (N, 2), the rest int64 (N,)."""
     source = data_source(config, data_dir, split)
+    indices = list(range(len(source))) if indices is None else [int(i) for i in indices]
     examples = [
         example
-        for start in range(0, len(source), _LOAD_CHUNK)
-        for example in source.__getitems__(list(range(start, min(start + _LOAD_CHUNK, len(source)))))
+        for start in range(0, len(indices), _LOAD_CHUNK)
+        for example in source.__getitems__(indices[start : start + _LOAD_CHUNK])
     ]
     if not examples:
         raise ValueError(f"Split {split!r} of {config.data.name} under {data_dir} is empty; rebuild it with more tiles.")

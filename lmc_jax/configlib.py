@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from lmc_jax.evaluate.extra_encoders import ExtraEncoderError, parse_specs
 from lmc_jax.evaluate.settings import Settings
 from lmc_jax.export.load import init_from_path
 from lmc_jax.models.vit import parse_variant
@@ -77,6 +78,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
              f"choose from {NORMALIZERS}")
     _require(config.eval.normalizer_fit_tiles > 0, "eval.normalizer_fit_tiles", config.eval.normalizer_fit_tiles,
              "must be a positive integer")
+    try:
+        parse_specs(config)
+    except ExtraEncoderError as error:
+        raise ConfigError(str(error)) from None
+    _require(isinstance(config.eval.source_split, str) and bool(config.eval.source_split), "eval.source_split",
+             config.eval.source_split, "name the TFDS split whose tiles fit the probes (e.g. 'train')")
+    _require(len(config.eval.heldout_splits) > 0 and all(isinstance(s, str) and s for s in config.eval.heldout_splits),
+             "eval.heldout_splits", tuple(config.eval.heldout_splits),
+             "name one or more TFDS splits holding every site's test tiles (e.g. ('heldout', 'ihc'))")
+    _require(config.eval.max_split_tiles >= 0, "eval.max_split_tiles", config.eval.max_split_tiles, "must be ≥ 0 (0 = all)")
     _require(config.eval.batch_size > 0, "eval.batch_size", config.eval.batch_size, "must be a positive integer")
     try:
         Settings.from_config(config.eval)

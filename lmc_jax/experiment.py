@@ -17,9 +17,8 @@ from data_pipelines import input_pipeline
 from lmc_jax import parallel, train
 from lmc_jax.evaluate import pipeline, report
 from lmc_jax.evaluate.embed import make_encoder
+from lmc_jax.evaluate.extra_encoders import LMC, load_encoder, parse_specs
 from lmc_jax.evaluate.normalizers import fit_normalizers
-
-LMC = "lmc"
 
 
 def reference_config(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
@@ -32,7 +31,7 @@ def reference_config(config: ml_collections.ConfigDict, name: str) -> ml_collect
 
 
 def _encoders(config: ml_collections.ConfigDict, workdir: epath.Path, mesh) -> dict:
-    """LMC from `workdir` plus the references the config lists, as tile → embedding functions."""
+    """LMC from `workdir`, the references and the extra encoders the config lists, as tile → embedding functions."""
     crop = config.data.crop_size
     graphdef, params, step = train.load_params(config, workdir, mesh)
     logging.info("evaluating %s at step %d", workdir, step)
@@ -44,6 +43,8 @@ def _encoders(config: ml_collections.ConfigDict, workdir: epath.Path, mesh) -> d
             ref_dir = workdir / "references" / name
             graphdef, params, _ = train.load_params(reference_config(config, name), ref_dir, mesh)
         encoders[name] = make_encoder(graphdef, params, crop, mesh)
+    for extra in parse_specs(config):
+        encoders[extra.name] = load_encoder(extra, config, mesh)
     return encoders
 
 
@@ -76,10 +77,10 @@ def _evaluate(config: ml_collections.ConfigDict, encoders: dict, out_dir: epath.
     names = tuple(config.eval.normalizers)
     if not names:
         return pipeline.evaluate_encoders(config, encoders, out_dir)
-    train, _ = pipeline.load_eval_data(config)
-    reference = train["image"][: config.eval.normalizer_fit_tiles]
+    data = pipeline.load_eval_data(config)
+    reference = data.source_train_images()[: config.eval.normalizer_fit_tiles]
     return pipeline.evaluate_encoders(
-        config, encoders, out_dir,
+        config, encoders, out_dir, data=data,
         input_transforms=fit_normalizers(names, reference),
         transform_encoders=tuple(n for n in config.eval.normalizer_encoders if n in encoders),
     )

@@ -29,14 +29,16 @@ class _QuietLibraries(logging.Filter):
 
 def main(argv: list[str]) -> None:
     """Runs config.mode; a bad value the modes detect ends the run with one line naming it, no traceback."""
+    from lmc_jax.checkpoint import CheckpointError
     from lmc_jax.configlib import ConfigError
+    from lmc_jax.evaluate.extra_encoders import ExtraEncoderError
     from lmc_jax.export.cli import ExportError
     from lmc_jax.export.timm import TimmWeightsError
     from lmc_jax.stain.normalize_cli import NormalizeError
 
     try:
         _dispatch(argv)
-    except (ConfigError, ExportError, TimmWeightsError, NormalizeError) as error:
+    except (CheckpointError, ConfigError, ExportError, ExtraEncoderError, TimmWeightsError, NormalizeError) as error:
         sys.exit(f"error: {error}")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import logging
 import time
 from typing import Any, Callable
@@ -258,6 +259,15 @@ def train(config: ml_collections.ConfigDict, workdir: epath.PathLike, mesh: jax.
         checkpointer.close()
         writer.close()
     return state
+
+
+def read_run_config(workdir: epath.PathLike) -> ml_collections.ConfigDict:
+    """The config a training run wrote to `workdir/config.json` (what rebuilds its model)."""
+    path = epath.Path(workdir) / "config.json"
+    if not path.is_file():
+        raise CheckpointError(f"{path} does not exist: expected the workdir of a training run "
+                              "(`python -m lmc_jax.main` writes config.json beside checkpoints/).")
+    return ml_collections.ConfigDict(json.loads(path.read_text()))
 
 
 def load_params(config: ml_collections.ConfigDict, workdir: epath.PathLike, mesh: jax.sharding.Mesh) -> tuple[

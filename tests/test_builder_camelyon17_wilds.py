@@ -165,3 +165,38 @@ def test_missing_patch_names_the_file(tmp_path):
     (patches / folder / f"patch_{folder}_x_{lost['x_coord']}_y_{lost['y_coord']}.png").unlink()
     with pytest.raises(FileNotFoundError, match=f"patch 5 of metadata.csv.*{folder}"):
         build_dataset(tmp_path / "tfds", tmp_path)
+
+
+def test_evaluation_reads_the_official_splits_and_their_sites(built, tmp_path):
+    """The evaluation pipeline on a real data set's layout: site names from its metadata, the most frequent
+    training centre as source, the other training centres left out of the unseen means."""
+    from lmc_jax.evaluate import pipeline  # pylint: disable=import-outside-toplevel
+    from tests.tiny_config import tiny_config  # pylint: disable=import-outside-toplevel
+
+    config = tiny_config()
+    config.data.update(name="camelyon17_wilds", builder_config="tile96", data_dir=str(built), tile_size=96)
+    config.eval.update(source_split="train", heldout_splits=("id_val", "val", "test"), source_site="",
+                       summary_exclude=(), min_site_samples=2, bootstrap_replicates=0, protocols=(),
+                       signature_folds=0)
+    data = pipeline.load_eval_data(config)
+    assert data.site_names == tuple(f"center_{i}" for i in range(5))
+    assert data.source_site == "center_0" and data.summary_exclude == ("center_3", "center_4")
+    assert len(data.train["image"]) == 24 and len(data.heldout["image"]) == 12 + 12 + 12
+    assert (data.source_train_images() == data.train["image"][data.train["site"] == 0]).all()
+    metrics, paths = pipeline.evaluate_encoders(config, {}, tmp_path)
+    assert metrics["source_site"] == "center_0" and metrics["sites"] == list(data.site_names)
+    assert set(metrics["methods"][pipeline.RAW_COLOUR]["per_site"]) == set(data.site_names)
+    assert (tmp_path / "report.md").is_file() and all(path.exists() for path in paths.values())
+    config.eval.max_split_tiles = 20
+    assert len(pipeline.load_eval_data(config).train["image"]) == 20
+    config.eval.source_site = "center_9"
+    with pytest.raises(ValueError, match="center_9"):
+        pipeline.load_eval_data(config)
+    config.eval.update(source_site="center_1", max_split_tiles=0, heldout_splits=("test",))
+    with pytest.raises(ValueError, match="no tiles in config.eval.source_split"):
+        pipeline.load_eval_data(config)
+    config.eval.update(source_site="center_0")
+    with pytest.raises(ValueError, match="no tiles in config.eval.heldout_splits"):
+        pipeline.load_eval_data(config)
+    config.eval.update(source_split="test", heldout_splits=("val", "test"), source_site="")
+    assert pipeline.load_eval_data(config).source_site == "center_2"  # the most frequent, not the first, site

@@ -1,10 +1,14 @@
 """End to end on a tiny crop: train LMC + the geometric reference, evaluate all encoders, write the report."""
 
 import json
+import shutil
 
+import ml_collections
 import pytest
 
-from lmc_jax import experiment
+from configs.export import get_config as export_config
+from lmc_jax import configlib, experiment
+from lmc_jax.export import cli as export_cli
 from lmc_jax.evaluate.pipeline import RAW_COLOUR
 from tests.conftest import TINY_BUILDER
 from tests.tiny_config import tiny_config
@@ -45,3 +49,27 @@ def test_evaluate_mode_reproduces_the_training_evaluation(run, tmp_path):
         assert again["methods"][name]["summary"]["mean_unseen_fd"] == pytest.approx(
             method["summary"]["mean_unseen_fd"], rel=1e-4)
     assert (tmp_path / "eval" / "report.md").exists()
+
+
+def test_extra_encoders_are_rows_of_the_table(run, tmp_path):
+    """The run's own encoder, passed back in as timm weights (with and without timm's config.json) and as a
+    workdir, gets exactly LMC's numbers under its own names."""
+    workdir, metrics, config = run
+    export = ml_collections.ConfigDict(dict(export_config().to_dict(), checkpoint=str(workdir),
+                                            output=str(tmp_path / "timm"), verify=False))
+    export_cli.run(export, None)
+    bare = tmp_path / "bare" / "lmc_weights.safetensors"
+    bare.parent.mkdir()
+    shutil.copy(tmp_path / "timm" / "model.safetensors", bare)
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.eval.extra_encoders = (f"exported=timm:{tmp_path / 'timm' / 'model.safetensors'}", f"timm:{bare}",
+                                  f"again={workdir}")
+    configlib.validate(config)
+    again = experiment.evaluate_workdir(config, workdir, tmp_path / "out")
+    assert {"exported", "lmc_weights", "again"} <= set(again["methods"])
+    expected = metrics["methods"]["lmc"]["summary"]
+    for name in ("exported", "lmc_weights", "again"):
+        summary = again["methods"][name]["summary"]
+        assert summary["mean_unseen_fd"] == pytest.approx(expected["mean_unseen_fd"], rel=1e-3)
+        assert summary["mean_unseen_auc"] == pytest.approx(expected["mean_unseen_auc"], abs=1e-3)
+    assert "exported" in (tmp_path / "out" / "eval" / "report.md").read_text()

@@ -97,7 +97,7 @@ def test_missing_step_and_missing_run_are_named(run_dir, tmp_path):
     workdir, _ = run_dir
     with pytest.raises(CheckpointError, match=r"no checkpoint for step 3 .*\[2, 4\]"):
         cli.run(_export_config(workdir, step=3, output=str(tmp_path / "a"), verify=False), None)
-    with pytest.raises(cli.ExportError, match=r"nowhere/config.json does not exist"):
+    with pytest.raises(CheckpointError, match=r"nowhere/config.json does not exist"):
         cli.run(_export_config(tmp_path / "nowhere", output=str(tmp_path / "b")), None)
     assert not (tmp_path / "a").exists() and not (tmp_path / "nowhere").exists()
 

@@ -8,6 +8,7 @@ encoder", one dict entry each.
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 from collections.abc import Callable, Mapping, Sequence
 
@@ -19,24 +20,80 @@ from data_pipelines import input_pipeline
 from lmc_jax.evaluate import figures, report, suite
 from lmc_jax.evaluate.embed import colour_statistics, embed
 from lmc_jax.evaluate.settings import Settings
-from lmc_jax.stain.sites import ALL_SITE_NAMES, IHC_SITE, SITE_NAMES
 
 RAW_COLOUR = "raw_colour_stats"
 Images = np.ndarray  # uint8 (N, H, W, 3)
 
 
-def load_eval_data(config: ml_collections.ConfigDict) -> tuple[dict, dict]:
-    """(train split, held-out H&E sites + the unseen IHC split concatenated) as in-memory arrays.
+@dataclasses.dataclass(frozen=True)
+class EvalData:
+    """The evaluation tiles of a data set and the roles of its sites.
 
-    Tile ids are unique across splits (the builder numbers train, then heldout, then ihc); `region`
-    is the grouping key (a region plays the role of a patient; the IHC image has its own).
+    `train` (config.eval.source_split) fits the probes and normalisers; `heldout` (the splits of
+    config.eval.heldout_splits, concatenated) holds every site's test tiles, the source site's included.
     """
-    data_dir = config.data.data_dir
-    train = input_pipeline.load_split(config, data_dir, "train")
-    heldout = input_pipeline.load_split(config, data_dir, "heldout")
-    ihc = input_pipeline.load_split(config, data_dir, "ihc")
-    both = {key: np.concatenate([heldout[key], ihc[key]]) for key in heldout}
-    return train, both
+
+    train: dict[str, np.ndarray]
+    heldout: dict[str, np.ndarray]
+    site_names: tuple[str, ...]
+    source_site: str
+    summary_exclude: tuple[str, ...]
+
+    def source_train_images(self) -> np.ndarray:
+        """The source site's training tiles (what a normaliser is fitted to)."""
+        return self.train["image"][self.train["site"] == self.site_names.index(self.source_site)]
+
+
+def load_eval_data(config: ml_collections.ConfigDict) -> EvalData:
+    """Reads the splits config.eval names from config.data's data set; site names come from its metadata.
+
+    The source site is config.eval.source_site, or the most frequent site of the source split. Sites of
+    the source split other than the source site were seen in training, so they join the configured
+    summary_exclude: reported per site, left out of the "unseen" means. Tile ids are unique across splits;
+    `region` is the grouping key (patient, slide or region).
+    """
+    ev, data_dir = config.eval, config.data.data_dir
+    splits = (ev.source_split, *ev.heldout_splits)
+    rng = np.random.default_rng(config.seed)
+    train, *parts = [input_pipeline.load_split(config, data_dir, split, _at_most(
+        input_pipeline.split_size(config, data_dir, split), ev.max_split_tiles, rng)) for split in splits]
+    heldout = {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
+    for split, part in zip(splits, (train, *parts)):
+        unlabelled = int(np.sum(part["label"] < 0))
+        if unlabelled:
+            raise ValueError(f"split {split!r} of {config.data.name} has {unlabelled} unlabelled tiles (label -1); the "
+                             "probes need labels: evaluate on labelled splits (config.eval.source_split / heldout_splits).")
+    names = tuple(input_pipeline.site_names(config, data_dir, ev.source_split))
+    source = ev.source_site or names[int(np.bincount(train["site"], minlength=len(names)).argmax())]
+    where = f"{config.data.name} under {data_dir}"
+    if source not in names:
+        raise ValueError(f"config.eval.source_site={source!r} is not a site of {where}; its sites: {list(names)}.")
+    if not np.any(train["site"] == names.index(source)):
+        raise ValueError(f"source site {source!r} has no tiles in config.eval.source_split={ev.source_split!r} of "
+                         f"{where}: the probes and normalisers are fitted to the source's training tiles.")
+    if not np.any(heldout["site"] == names.index(source)):
+        raise ValueError(f"source site {source!r} has no tiles in config.eval.heldout_splits={tuple(ev.heldout_splits)} "
+                         f"of {where}: the source's own held-out tiles are the reference of every distance; add a "
+                         "split that holds them.")
+    seen = [names[i] for i in np.unique(train["site"]) if names[i] != source]
+    exclude = tuple(dict.fromkeys([*ev.summary_exclude, *seen]))
+    unknown = sorted(set(ev.summary_exclude) - set(names))
+    if unknown:
+        raise ValueError(f"config.eval.summary_exclude names {unknown}, not sites of {where}: {list(names)}.")
+    return EvalData(train, heldout, names, source, exclude)
+
+
+def _at_most(size: int, limit: int, rng: np.random.Generator) -> np.ndarray | None:
+    """Sorted random indices of `limit` of `size` records; None (all of them) for limit 0 or a smaller split."""
+    if not limit or size <= limit:
+        return None
+    return np.sort(rng.choice(size, limit, replace=False))
+
+
+def _paired_tile_ids(heldout: dict) -> np.ndarray | None:
+    """Tile ids when some tile is rendered at several sites (the embedded set's paired sites), else None."""
+    ids = heldout["tile_id"]
+    return ids if len(np.unique(ids)) < len(ids) else None
 
 
 def method_embeddings(features: Callable[[Images], np.ndarray], train: dict, heldout: dict) -> suite.MethodEmbeddings:
@@ -47,9 +104,10 @@ def method_embeddings(features: Callable[[Images], np.ndarray], train: dict, hel
         heldout=features(heldout["image"]),
         heldout_labels=heldout["label"],
         heldout_sites=heldout["site"],
-        heldout_tile_ids=heldout["tile_id"],
+        heldout_tile_ids=_paired_tile_ids(heldout),
         train_groups=train["region"],
         heldout_groups=heldout["region"],
+        train_sites=train["site"],
     )
 
 
@@ -88,22 +146,24 @@ def evaluate_encoders(
     config: ml_collections.ConfigDict, encoders: dict[str, Callable], out_dir: pathlib.Path, *,
     input_transforms: Mapping[str, Callable[[Images], Images]] | None = None,
     transform_encoders: Sequence[str] | None = None,
+    data: EvalData | None = None,
 ) -> tuple[dict, dict[str, pathlib.Path]]:
     """Embeds the evaluation data with every method (encoders, raw colour, transforms + encoders), writes `out_dir`.
 
     `input_transforms` maps a name to a uint8 → uint8 image function (e.g. a stain normaliser fitted to
     the source site); each runs in front of the encoders named in `transform_encoders` (None = all).
+    `data` is `load_eval_data(config)` when the caller has it already.
     """
-    train, heldout = load_eval_data(config)
-    methods = {name: method_embeddings(f, train, heldout)
+    data = data or load_eval_data(config)
+    methods = {name: method_embeddings(f, data.train, data.heldout)
                for name, f in feature_functions(config, encoders, input_transforms, transform_encoders).items()}
     metrics = suite.evaluate_embeddings(
         methods,
-        site_names=ALL_SITE_NAMES,
-        source_site=SITE_NAMES[0],
+        site_names=data.site_names,
+        source_site=data.source_site,
         key=jax.random.key(config.seed),
         settings=Settings.from_config(config.eval),
-        summary_exclude=(IHC_SITE,),  # another image, other tissue: distance mixes biology with stain
+        summary_exclude=data.summary_exclude,
     )
     projections = {name: figures.Projection(figures.pca_2d(m.heldout), m.heldout_sites, m.heldout_labels)
                    for name, m in methods.items()}

@@ -75,9 +75,9 @@ NOTES = {
 
 @dataclass(frozen=True)
 class MethodEmbeddings:
-    """One method's embeddings: source-site train set for the probe, held-out set over all sites."""
+    """One method's embeddings: the training split for the probe, held-out set over all sites."""
 
-    train: np.ndarray  # (N_tr, D) source site, train regions
+    train: np.ndarray  # (N_tr, D) training split (the source site, or the sites trained on), train regions
     train_labels: np.ndarray  # (N_tr,) in {0, 1}
     heldout: np.ndarray  # (M, D) all sites, held-out regions
     heldout_labels: np.ndarray  # (M,) in {0, 1}
@@ -85,6 +85,7 @@ class MethodEmbeddings:
     heldout_tile_ids: np.ndarray | None = None  # (M,) same id = same tissue tile rendered at different sites
     train_groups: np.ndarray | None = None  # (N_tr,) patient/slide/region key: folds and bootstrap keep groups whole
     heldout_groups: np.ndarray | None = None  # (M,) same key space as train_groups
+    train_sites: np.ndarray | None = None  # (N_tr,) site index of each train row; None = all the source site
 
 
 def _validate(name: str, m: MethodEmbeddings, num_sites: int) -> None:
@@ -98,7 +99,8 @@ def _validate(name: str, m: MethodEmbeddings, num_sites: int) -> None:
     if np.shape(m.train)[1] != np.shape(m.heldout)[1]:
         raise ValueError(f"method {name!r}: train dim {np.shape(m.train)[1]} != heldout dim {np.shape(m.heldout)[1]}.")
     per_row = {"train_labels": len(m.train), "heldout_labels": len(m.heldout), "heldout_sites": len(m.heldout),
-               "heldout_tile_ids": len(m.heldout), "train_groups": len(m.train), "heldout_groups": len(m.heldout)}
+               "heldout_tile_ids": len(m.heldout), "train_groups": len(m.train), "heldout_groups": len(m.heldout),
+               "train_sites": len(m.train)}
     for field, n in per_row.items():
         a = getattr(m, field)
         if a is not None and np.shape(a) != (n,):
@@ -107,10 +109,11 @@ def _validate(name: str, m: MethodEmbeddings, num_sites: int) -> None:
         values = np.unique(np.asarray(getattr(m, field))).tolist()
         if not set(values) <= {0, 1}:
             raise ValueError(f"method {name!r}: {field} must be binary 0/1 proxy labels; got classes {values}.")
-    sites = np.asarray(m.heldout_sites)
-    if sites.size and (sites.min() < 0 or sites.max() >= num_sites):
-        raise ValueError(f"method {name!r}: heldout_sites must index site_names (0..{num_sites - 1}); "
-                         f"got range {sites.min()}..{sites.max()}.")
+    for field in ("heldout_sites", "train_sites"):
+        sites = np.asarray(getattr(m, field) if getattr(m, field) is not None else [])
+        if sites.size and (sites.min() < 0 or sites.max() >= num_sites):
+            raise ValueError(f"method {name!r}: {field} must index site_names (0..{num_sites - 1}); "
+                             f"got range {sites.min()}..{sites.max()}.")
 
 
 @dataclass(frozen=True)
@@ -237,11 +240,12 @@ def _summary(per_site: dict[str, dict], joint: dict[str, Estimate], ctx: _Contex
 
 
 def _protocols(m: MethodEmbeddings, ctx: _Context, exclude: Sequence[str]) -> dict:
-    """The configured transfer protocols on train ∪ held-out rows (train rows belong to the source site)."""
+    """The configured transfer protocols on train ∪ held-out rows (train rows at their own sites, if given)."""
     s = ctx.settings
     x = np.concatenate([np.asarray(m.train), np.asarray(m.heldout)])
     y = np.concatenate([np.asarray(m.train_labels), np.asarray(m.heldout_labels)])
-    domains = np.concatenate([np.full(len(m.train), ctx.source_id), np.asarray(m.heldout_sites)])
+    train_sites = np.full(len(m.train), ctx.source_id) if m.train_sites is None else np.asarray(m.train_sites)
+    domains = np.concatenate([train_sites, np.asarray(m.heldout_sites)])
     groups = None if m.train_groups is None or m.heldout_groups is None else np.concatenate(
         [np.asarray(m.train_groups), np.asarray(m.heldout_groups)])
     return {name: protocol.run_protocol(

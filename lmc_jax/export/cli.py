@@ -45,15 +45,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _require(config.verify_tolerance > 0, "verify_tolerance", config.verify_tolerance, "must be > 0")
 
 
-def read_run_config(run_dir: pathlib.Path) -> ml_collections.ConfigDict:
-    """The training run's config, as `train.train` wrote it to `run_dir/config.json`."""
-    path = run_dir / "config.json"
-    if not path.is_file():
-        raise ExportError(f"{path} does not exist: config.checkpoint must be the workdir of a training run "
-                          "(it holds config.json and checkpoints/).")
-    return ml_collections.ConfigDict(json.loads(path.read_text()))
-
-
 def restore_params(run_config: ml_collections.ConfigDict, run_dir: pathlib.Path, step: int,
                    use_ema: bool = True) -> tuple[int, dict]:
     """(step, params) of checkpoint `step` (-1: newest) of a run, on this host's first device.
@@ -105,7 +96,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path | None) -
     if not config.output and workdir is None:
         raise ExportError("config.output is empty and no --workdir was given: set config.output=DIR.")
     output = pathlib.Path(config.output) if config.output else pathlib.Path(workdir) / "export"
-    run_config = read_run_config(run_dir)
+    run_config = train.read_run_config(run_dir)
     step, params = restore_params(run_config, run_dir, config.step, config.use_ema)
     model_config, image_size = run_config.model, run_config.data.crop_size
     spec = timm_spec(model_config.variant, model_config.pool, image_size)

@@ -1,0 +1,179 @@
+"""Extra encoders for the methods table: another training run's checkpoint, or timm ViT weights.
+
+`config.eval.extra_encoders` lists specs `[NAME=]SOURCE`: SOURCE is a training workdir (its
+`config.json` says which model to rebuild) or `timm:/path/model.safetensors` (a `.bin`/`.pth` state
+dict also works; the architecture is read from a timm `config.json` beside the weights, else
+`config.model`). Each becomes a row of the table next to LMC, evaluated on the same tiles.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import pathlib
+import re
+from collections.abc import Iterable
+
+import jax
+import ml_collections
+import numpy as np
+from etils import epath
+
+from lmc_jax import train
+from lmc_jax.evaluate.embed import make_encoder
+from lmc_jax.evaluate.pipeline import RAW_COLOUR
+from lmc_jax.export.load import INIT_FROM_PREFIX, load_timm_weights
+from lmc_jax.export.timm import TIMM_ARCHS
+from lmc_jax.models.vit import IMAGE_MEAN, IMAGE_STD, SIZES, parse_variant
+
+class ExtraEncoderError(ValueError):
+    """An extra encoder that cannot be evaluated: the message names the entry and the fix."""
+
+
+LMC = "lmc"
+"""The table's name for the encoder trained in the evaluated workdir."""
+_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+_TIMM_POOL = {"token": "cls", "avg": "mean"}
+
+
+@dataclasses.dataclass(frozen=True)
+class ExtraEncoder:
+    """One parsed spec: the method name in the table, the kind of source and its path."""
+
+    name: str
+    kind: str  # "timm" (a weights file) or "workdir" (a training run of this package)
+    path: epath.Path  # a local or remote (gs://) path; timm weights are read locally
+
+
+def parse_spec(spec: str) -> ExtraEncoder:
+    """`[NAME=]timm:PATH` or `[NAME=]WORKDIR` → ExtraEncoder; the name defaults to the file stem / directory
+    name (for `.../model.safetensors`, its directory's). Text before the first '=' is a name unless it holds
+    a '/' (write `./a=b` for a relative path with '='). Raises ExtraEncoderError saying what is wrong."""
+    head, separator, tail = spec.partition("=")
+    name, source = (head, tail) if separator and "/" not in head else ("", spec)  # '=' later is in the path
+    kind = "timm" if source.startswith(INIT_FROM_PREFIX) else "workdir"
+    raw = source[len(INIT_FROM_PREFIX):] if kind == "timm" else source
+    if not raw:
+        raise ExtraEncoderError("it names no path; use '[NAME=]timm:/path/model.safetensors' or "
+                                "'[NAME=]/path/to/training/workdir'.")
+    if kind == "timm" and "://" in raw:
+        raise ExtraEncoderError("timm weights are read from a local file; copy them to this machine first.")
+    path = epath.Path(raw).expanduser()
+    if not name:
+        name = path.parent.name if kind == "timm" and path.stem == "model" else (path.stem if kind == "timm" else path.name)
+    if not _NAME.fullmatch(name):
+        raise ExtraEncoderError(f"method name {name!r} must be letters, digits, '_', '.' or '-'; give one explicitly "
+                                "as NAME=SOURCE.")
+    return ExtraEncoder(name, kind, path)
+
+
+def reserved_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+    """Method names the table already uses, which an extra encoder may not take."""
+    return (LMC, RAW_COLOUR, *config.eval.references, *config.eval.normalizers)
+
+
+def _check(extra: ExtraEncoder, config: ml_collections.ConfigDict, taken: set[str]) -> None:
+    """The source exists, the name is new, and timm weights declare an architecture that fits data.crop_size."""
+    if extra.name in taken:
+        raise ExtraEncoderError(f"method name {extra.name!r} is already used (taken: {sorted(taken)}); give another "
+                                "as NAME=SOURCE.")
+    if extra.kind == "timm" and not extra.path.is_file():
+        raise ExtraEncoderError(f"weights file {extra.path} does not exist.")
+    if extra.kind == "timm":
+        _crop_for(timm_model_config(pathlib.Path(extra.path), config.model), config, str(extra.path))
+    if extra.kind == "workdir" and not (extra.path / "checkpoints").is_dir():
+        raise ExtraEncoderError(f"{extra.path} is not a training workdir (no checkpoints/ inside); for timm weights "
+                                "write timm:/path/model.safetensors.")
+
+
+def parse_specs(config: ml_collections.ConfigDict) -> list[ExtraEncoder]:
+    """config.eval.extra_encoders parsed and checked (`_check`) before anything is trained or loaded; an
+    ExtraEncoderError names the entry."""
+    extras, taken = [], set(reserved_names(config))
+    for spec in config.eval.extra_encoders:
+        try:
+            extra = parse_spec(spec)
+            _check(extra, config, taken)
+        except ExtraEncoderError as error:
+            raise ExtraEncoderError(f"config.eval.extra_encoders entry {spec!r}: {error}") from None
+        taken.add(extra.name)
+        extras.append(extra)
+    return extras
+
+
+def timm_model_config(weights: pathlib.Path, fallback: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """`config.model` with variant and pool read from timm's config.json beside `weights` (model_args or a
+    known architecture name); without one, `fallback` unchanged."""
+    model = ml_collections.ConfigDict(fallback.to_dict())
+    path = weights.parent / "config.json"
+    if not path.is_file():
+        logging.info("%s: no config.json beside it; assuming model.variant=%s, pool=%s", weights, model.variant,
+                     model.pool)
+        return model
+    try:
+        declared = json.loads(path.read_text())
+    except ValueError as error:
+        raise ExtraEncoderError(f"{path} beside the weights is not valid JSON ({error}).") from error
+    _check_normalisation(declared.get("pretrained_cfg") or {}, path)
+    args = declared.get("model_args") or {}
+    by_name = {arch: variant for variant, arch in TIMM_ARCHS.items()}
+    variant = by_name.get(declared.get("architecture"))
+    if {"embed_dim", "depth", "num_heads", "patch_size"} <= set(args):
+        shape = (args["embed_dim"], args["depth"], args["num_heads"])
+        sizes = [name for name, size in SIZES.items() if (size.width, size.depth, size.heads) == shape]
+        if not sizes:
+            raise ExtraEncoderError(f"{path}: no ViT size in {sorted(SIZES)} has width/depth/heads {shape}.")
+        variant = f"{sizes[0]}/{args['patch_size']}"
+    if variant is None:
+        raise ExtraEncoderError(f"{path}: architecture {declared.get('architecture')!r} is not one of {sorted(by_name)} "
+                         "and model_args does not give embed_dim/depth/num_heads/patch_size.")
+    model.variant = variant
+    pool = declared.get("global_pool") or args.get("global_pool")
+    model.pool = _TIMM_POOL.get(pool, "mean" if args.get("class_token") is False else "cls")
+    return model
+
+
+def _check_normalisation(pretrained_cfg: dict, path: pathlib.Path) -> None:
+    """Refuse weights trained on inputs normalised otherwise than our encoder's fixed ImageNet mean/std."""
+    for key, ours in (("mean", IMAGE_MEAN), ("std", IMAGE_STD)):
+        theirs = pretrained_cfg.get(key)
+        if theirs is not None and not np.allclose(theirs, ours, atol=1e-3):
+            raise ExtraEncoderError(f"{path}: pretrained_cfg {key}={list(theirs)} differs from the {key} "
+                                    f"{list(ours)} our ViT normalises inputs with; these weights would see "
+                                    "shifted inputs.")
+
+
+def _crop_for(model: ml_collections.ConfigDict, config: ml_collections.ConfigDict, source: str) -> int:
+    """The largest multiple of the model's patch size that is ≤ config.data.crop_size."""
+    _, patch = parse_variant(model.variant)
+    crop = config.data.crop_size // patch * patch
+    if crop == 0:
+        raise ExtraEncoderError(f"{source}: patch size {patch} is larger than data.crop_size={config.data.crop_size}.")
+    if crop != config.data.crop_size:
+        logging.info("%s: patch %d, so it sees %d px centre crops (data.crop_size=%d)", source, patch, crop,
+                     config.data.crop_size)
+    return crop
+
+
+def load_encoder(extra: ExtraEncoder, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
+    """A uint8 tiles → embeddings function for one extra encoder (see the module docstring)."""
+    if extra.kind == "workdir":
+        run = train.read_run_config(extra.path)
+        run.mesh.fsdp_min_size = config.mesh.fsdp_min_size
+        if run.data.crop_size > config.data.tile_size:
+            raise ExtraEncoderError(f"{extra.path} was trained on {run.data.crop_size} px crops; the evaluation tiles "
+                                    f"are only {config.data.tile_size} px.")
+        graphdef, params, step = train.load_params(run, extra.path, mesh)
+        logging.info("extra encoder %r: %s at step %d", extra.name, extra.path, step)
+        return make_encoder(graphdef, params, run.data.crop_size, mesh)
+    run = ml_collections.ConfigDict(config.to_dict())
+    run.model = timm_model_config(pathlib.Path(extra.path), config.model)
+    run.init_from = ""
+    crop = run.data.crop_size = _crop_for(run.model, config, str(extra.path))
+    graphdef, params = train.initial_params(run, mesh)
+    encoder = load_timm_weights(pathlib.Path(extra.path), run.model, crop)
+    params = dict(params, encoder=jax.device_put(encoder, jax.tree.map(lambda p: p.sharding, params["encoder"])))
+    logging.info("extra encoder %r: timm weights %s as ViT-%s (%s pool)", extra.name, extra.path, run.model.variant,
+                 run.model.pool)
+    return make_encoder(graphdef, params, crop, mesh)
