@@ -49,6 +49,14 @@ def get_config() -> ml_collections.ConfigDict:
     config.lmc.stain.contrast = 0.15
     config.lmc.stain.gamma = 0.1
 
+    # DANN baseline (the "dann" reference turns it on): geometric Barlow Twins + a domain head, through gradient
+    # reversal, that must not tell view 0 (original colour) from a stain-family rendering of the same tiles
+    config.dann = ml_collections.ConfigDict()
+    config.dann.enabled = False  # LMC itself does not use it; reference_config(config, "dann") sets True
+    config.dann.weight = 1.0  # weight of the domain (binary cross-entropy) loss added to Barlow Twins
+    config.dann.gamma = 10.0  # reversal strength λ_p = 2/(1+exp(−γp))−1, p = step / num_steps
+    config.dann.hidden_dims = (256,)  # hidden widths of the domain head MLP (ReLU); () = a linear head
+
     # Model
     config.model = ml_collections.ConfigDict()
     config.model.variant = "Mi/8"  # <size>/<patch>: mu, Mi, Ti, S, B, L
@@ -91,7 +99,7 @@ def get_config() -> ml_collections.ConfigDict:
     # Evaluation (runs at the end of training)
     config.eval = ml_collections.ConfigDict()
     config.eval.at_end = True  # mode=train: evaluate (and train the references) after training
-    config.eval.references = ("untrained", "geometric_only")  # encoders compared with LMC
+    config.eval.references = ("untrained", "geometric_only", "dann")  # encoders compared with LMC (dann: adversarial)
     # more rows of the table: "[NAME=]timm:/path/model.safetensors" or "[NAME=]/path/to/another/workdir"
     config.eval.extra_encoders = ()
     config.eval.normalizers = ("macenko", "reinhard", "vahadane")  # baselines: normalise to the source, then encode
@@ -103,6 +111,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval.heldout_splits = ("heldout", "ihc")  # test tiles of every site, the source's own included
     config.eval.source_site = "source"  # the reference of every distance; "" = most frequent site of source_split
     config.eval.summary_exclude = ("ihc",)  # per-site rows only, not in the unseen means (seen sites are added)
+    config.eval.source_only = False  # True: of source_split keep only the source site (its other sites become unseen)
     config.eval.max_split_tiles = 0  # random subset of at most this many tiles per split (held in memory); 0 = all
     config.eval.probe_l2 = 1e-2  # L2 strength of the logistic-regression probe
     config.eval.checkpoint = ""  # mode=evaluate: the workdir (or checkpoints dir) to evaluate
@@ -110,6 +119,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval.num_projections = 256  # sliced-W2 directions
     config.eval.probe_val_fraction = 0.2  # source-train share (by group) used to pick the F1 threshold
     config.eval.ece_bins = 15
+    # point-detection F1 per site (label-1 tiles = objects; needs tile coords): 0 = off, as the embedded set
+    # has no point annotations; use 30.0 for MIDOG at 0.25 µm/px (7.5 µm, the challenge's matching radius)
+    config.eval.detection_radius = 0.0
     config.eval.bootstrap_replicates = 200  # 95% intervals; 0 disables
     config.eval.bootstrap_blocks = 100
     config.eval.bootstrap_unit = "group"  # resample whole regions/patients ("group") or single examples

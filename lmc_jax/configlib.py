@@ -14,7 +14,7 @@ from lmc_jax.models.vit import parse_variant
 
 MODES = ("train", "evaluate")  # export and normalize have their own configs, validated by their modules
 DTYPES = ("float32", "bfloat16", "float16")
-REFERENCES = ("untrained", "geometric_only")
+REFERENCES = ("untrained", "geometric_only", "dann")
 NORMALIZERS = ("macenko", "reinhard", "vahadane")
 
 
@@ -52,6 +52,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
              "must be ≥ 0")
     for name, value in config.lmc.stain.items():
         _require(value >= 0, f"lmc.stain.{name}", value, "strengths must be ≥ 0 (0 disables)")
+    dann = config.dann
+    _require(dann.weight >= 0, "dann.weight", dann.weight, "must be ≥ 0 (the domain loss weight)")
+    _require(dann.gamma > 0, "dann.gamma", dann.gamma, "must be > 0 (DANN uses 10)")
+    _require(all(int(d) > 0 for d in dann.hidden_dims), "dann.hidden_dims", tuple(dann.hidden_dims),
+             "must be a tuple of positive widths (() = a linear head)")
     opt = config.optimizer
     _require(opt.learning_rate > 0, "optimizer.learning_rate", opt.learning_rate, "must be > 0")
     _require(0 <= opt.warmup_steps < config.num_steps, "optimizer.warmup_steps", opt.warmup_steps,
@@ -87,6 +92,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _require(len(config.eval.heldout_splits) > 0 and all(isinstance(s, str) and s for s in config.eval.heldout_splits),
              "eval.heldout_splits", tuple(config.eval.heldout_splits),
              "name one or more TFDS splits holding every site's test tiles (e.g. ('heldout', 'ihc'))")
+    _require(isinstance(config.eval.source_only, bool), "eval.source_only", config.eval.source_only,
+             "must be True or False")
     _require(config.eval.max_split_tiles >= 0, "eval.max_split_tiles", config.eval.max_split_tiles, "must be ≥ 0 (0 = all)")
     _require(config.eval.batch_size > 0, "eval.batch_size", config.eval.batch_size, "must be a positive integer")
     try:

@@ -21,12 +21,16 @@ from lmc_jax.evaluate.extra_encoders import LMC, load_encoder, parse_specs
 from lmc_jax.evaluate.normalizers import fit_normalizers
 
 
+TRAINED_REFERENCES = ("geometric_only", "dann")
+
+
 def reference_config(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
-    """The config of a trained reference: same everything, geometric views only."""
-    if name != "geometric_only":
-        raise ValueError(f"{name!r} is not a trained reference")
+    """The config of a trained reference: same everything, geometric views only; "dann" adds the DANN domain head."""
+    if name not in TRAINED_REFERENCES:
+        raise ValueError(f"{name!r} is not a trained reference; choose one of {TRAINED_REFERENCES}")
     ref = ml_collections.ConfigDict(config.to_dict())
     ref.lmc.stain_views = False
+    ref.dann.enabled = name == "dann"
     return ref
 
 

@@ -1,4 +1,4 @@
-"""LMC objective: Barlow-Twins cross-correlation between the stain views of each patch.
+"""LMC objective (Barlow-Twins cross-correlation between stain views) and the DANN baseline's pieces.
 
 All statistics are taken over the batch axis of the arrays passed in. Under `jax.jit` with the
 batch sharded over a mesh, that axis is the GLOBAL batch, so the loss (and its gradient) is the
@@ -56,3 +56,41 @@ def lmc_loss(projections: jax.Array, off_diagonal_weight: float) -> tuple[jax.Ar
         off.append(terms["off_diagonal"])
     mean = lambda xs: sum(xs) / len(pairs)  # noqa: E731
     return mean(losses), {"on_diagonal": mean(on), "off_diagonal": mean(off)}
+
+
+@jax.custom_vjp
+def grad_reverse(x: jax.Array, scale: jax.Array | float) -> jax.Array:
+    """Gradient-reversal layer (Ganin & Lempitsky): identity forward, −scale × gradient backward.
+
+    `scale` may be traced (DANN's scheduled λ_p); it receives no gradient.
+    """
+    return x
+
+
+def _grad_reverse_fwd(x: jax.Array, scale: jax.Array | float) -> tuple[jax.Array, jax.Array]:
+    return x, jnp.asarray(scale)
+
+
+def _grad_reverse_bwd(scale: jax.Array, g: jax.Array) -> tuple[jax.Array, jax.Array]:
+    return (-scale * g).astype(g.dtype), jnp.zeros_like(scale)
+
+
+grad_reverse.defvjp(_grad_reverse_fwd, _grad_reverse_bwd)
+
+
+def dann_schedule(progress: jax.Array | float, gamma: float = 10.0) -> jax.Array:
+    """DANN's reversal strength λ_p = 2/(1+exp(−γp))−1 for training progress p ∈ [0, 1]: 0 at p=0, → 1.
+
+    Computed as its identity tanh(γp/2), which neither overflows nor cancels for any p.
+    """
+    return jnp.tanh(0.5 * gamma * jnp.asarray(progress, jnp.float32))
+
+
+def domain_adversarial_loss(logits: jax.Array, domain_labels: jax.Array) -> jax.Array:
+    """Mean binary cross-entropy of domain logits against 0/1 labels, stable for any logit size.
+
+    Uses −[y log σ(z) + (1−y) log(1−σ(z))] = log(1+eᶻ) − y·z = max(z, 0) − y·z + log1p(e^−|z|).
+    """
+    z = logits.astype(jnp.float32)
+    y = domain_labels.astype(jnp.float32)
+    return jnp.mean(jnp.maximum(z, 0.0) - y * z + jnp.log1p(jnp.exp(-jnp.abs(z))))

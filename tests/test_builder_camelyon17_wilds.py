@@ -187,7 +187,10 @@ def test_evaluation_reads_the_official_splits_and_their_sites(built, tmp_path):
     assert metrics["source_site"] == "center_0" and metrics["sites"] == list(data.site_names)
     assert set(metrics["methods"][pipeline.RAW_COLOUR]["per_site"]) == set(data.site_names)
     assert (tmp_path / "report.md").is_file() and all(path.exists() for path in paths.values())
-    config.eval.max_split_tiles = 20
+    config.eval.source_only = True
+    only = pipeline.load_eval_data(config)
+    assert (only.train["site"] == 0).all() and len(only.train["image"]) == 8 and only.summary_exclude == ()
+    config.eval.update(source_only=False, max_split_tiles=20)
     assert len(pipeline.load_eval_data(config).train["image"]) == 20
     config.eval.source_site = "center_9"
     with pytest.raises(ValueError, match="center_9"):

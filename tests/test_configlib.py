@@ -80,3 +80,20 @@ def test_cli_reports_a_bad_value_in_one_line_without_traceback(tmp_path):
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == "error: config.lmc.num_views=1: LMC needs at least 2 views"
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "key, value", [("weight", -0.5), ("gamma", 0.0), ("hidden_dims", (64, 0))]
+)
+def test_bad_dann_values_name_their_key(key, value):
+    config = tiny_config()
+    config.dann[key] = value
+    with pytest.raises(ConfigError, match=rf"config\.dann\.{key}="):
+        validate(config)
+
+
+def test_dann_reference_and_linear_domain_head_are_valid():
+    config = tiny_config()
+    config.eval.references = ("untrained", "geometric_only", "dann")
+    config.dann.hidden_dims = ()
+    validate(config)

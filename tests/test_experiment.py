@@ -25,11 +25,13 @@ def run(tiny_data_dir, tmp_path_factory):
 
 def test_every_method_is_evaluated_at_every_site(run):
     workdir, metrics, _ = run
-    assert set(metrics["methods"]) == {"lmc", "untrained", "geometric_only", RAW_COLOUR, "reinhard+geometric_only"}
+    assert set(metrics["methods"]) == {"lmc", "untrained", "geometric_only", "dann", RAW_COLOUR,
+                                       "reinhard+geometric_only"}
     for method in metrics["methods"].values():
         assert set(method["per_site"]) == set(metrics["sites"])
         assert method["summary"]["mean_unseen_fd"] > 0
     assert (workdir / "references" / "geometric_only" / "checkpoints").is_dir()
+    assert (workdir / "references" / "dann" / "checkpoints").is_dir()
 
 
 def test_report_files_are_written_and_consistent(run):

@@ -27,3 +27,12 @@ def test_from_config_takes_known_keys_and_keeps_defaults_for_the_rest():
 def test_bad_values_raise_naming_the_config_key(key, value, fix):
     with pytest.raises(ValueError, match=f"config.eval.{key}=.*{fix}"):
         Settings(**{key: value})
+
+
+def test_detection_radius_is_off_by_default_read_from_config_and_not_negative():
+    assert Settings().detection_radius == 0.0
+    assert Settings.from_config(ml_collections.ConfigDict({"detection_radius": 30.0})).detection_radius == 30.0
+    with pytest.raises(ValueError, match=r"config.eval.detection_radius=-1.0: must be ≥ 0 px .*30.0 for MIDOG"):
+        Settings(detection_radius=-1.0)
+    with pytest.raises(ValueError, match="config.eval.detection_radius=nan"):
+        Settings(detection_radius=float("nan"))

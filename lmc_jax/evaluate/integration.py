@@ -9,6 +9,7 @@ batch frequencies are the global ones and its p-value is the χ² survival funct
 
 from __future__ import annotations
 
+import warnings
 from functools import partial
 
 import jax
@@ -198,4 +199,8 @@ def silhouette_batch_score(cell_scores: np.ndarray, labels: np.ndarray, weights:
             means.append((w @ cell_scores[sel]) / w.sum(axis=1))
     if not means:
         return np.full(len(weights), np.nan)
-    return np.nanmean(np.stack(means), axis=0) if len(means) > 1 else means[0]
+    if len(means) == 1:
+        return means[0]
+    with warnings.catch_warnings():  # a replicate that drew no cell of any label is NaN; callers report it
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(np.stack(means), axis=0)

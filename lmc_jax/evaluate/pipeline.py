@@ -49,7 +49,8 @@ def load_eval_data(config: ml_collections.ConfigDict) -> EvalData:
 
     The source site is config.eval.source_site, or the most frequent site of the source split. Sites of
     the source split other than the source site were seen in training, so they join the configured
-    summary_exclude: reported per site, left out of the "unseen" means. Tile ids are unique across splits;
+    summary_exclude: reported per site, left out of the "unseen" means; with config.eval.source_only their
+    tiles are dropped from the source split instead, and they count as unseen. Tile ids are unique across splits;
     `region` is the grouping key (patient, slide or region).
     """
     ev, data_dir = config.eval, config.data.data_dir
@@ -71,6 +72,9 @@ def load_eval_data(config: ml_collections.ConfigDict) -> EvalData:
     if not np.any(train["site"] == names.index(source)):
         raise ValueError(f"source site {source!r} has no tiles in config.eval.source_split={ev.source_split!r} of "
                          f"{where}: the probes and normalisers are fitted to the source's training tiles.")
+    if ev.source_only:
+        keep = train["site"] == names.index(source)
+        train = {key: value[keep] for key, value in train.items()}
     if not np.any(heldout["site"] == names.index(source)):
         raise ValueError(f"source site {source!r} has no tiles in config.eval.heldout_splits={tuple(ev.heldout_splits)} "
                          f"of {where}: the source's own held-out tiles are the reference of every distance; add a "
@@ -97,7 +101,8 @@ def _paired_tile_ids(heldout: dict) -> np.ndarray | None:
 
 
 def method_embeddings(features: Callable[[Images], np.ndarray], train: dict, heldout: dict) -> suite.MethodEmbeddings:
-    """Embeds both sets with one feature function; regions become the grouping key."""
+    """Embeds both sets with one feature function; regions become the grouping key (and the image that tile
+    coordinates refer to, for detection metrics)."""
     return suite.MethodEmbeddings(
         train=features(train["image"]),
         train_labels=train["label"],
@@ -108,6 +113,9 @@ def method_embeddings(features: Callable[[Images], np.ndarray], train: dict, hel
         train_groups=train["region"],
         heldout_groups=heldout["region"],
         train_sites=train["site"],
+        heldout_coords=heldout["coords"],
+        train_coords=train["coords"],
+        tile_size=int(heldout["image"].shape[1]),
     )
 
 

@@ -32,6 +32,9 @@ TRANSFER_COLUMNS = (
     ("mean_unseen_balanced_accuracy", "unseen bal. acc. ↑"),
     ("mean_unseen_brier", "unseen Brier ↓"),
     ("mean_unseen_ece", "unseen ECE ↓"),
+    ("mean_unseen_detection_f1", "unseen detection F1 ↑"),
+    ("mean_unseen_detection_precision", "unseen detection precision ↑"),
+    ("mean_unseen_detection_recall", "unseen detection recall ↑"),
 )
 CONSOLE_COLUMNS = (
     ("mean_unseen_fd", "mean unseen FD/D ↓"),
@@ -58,6 +61,11 @@ SITE_TABLES = (
     ("balanced_accuracy", "Probe balanced accuracy at the source-chosen threshold"),
     ("brier", "Probe Brier score (lower = better)"),
     ("ece", "Probe expected calibration error, 15 bins (lower = better)"),
+)
+DETECTION_TABLES = (
+    ("detection_f1", "Detection F1 = 2TP/(2TP+FP+FN), TP/FP/FN pooled over the site's images"),
+    ("detection_precision", "Detection precision TP/(TP+FP)"),
+    ("detection_recall", "Detection recall TP/(TP+FN) (share of label-1 objects found)"),
 )
 PROTOCOL_TITLES = {
     "cross_site": "Cross-site transfer: probe fit on the source domain, tested on every domain (patient-disjoint folds)",
@@ -184,6 +192,33 @@ def _probe_table(metrics: Mapping) -> Table:
                  ["method", "threshold", "fit examples", "validation examples", "validation split"], rows)
 
 
+def _detection_table(metrics: Mapping) -> Table:
+    rows = []
+    for name, m in metrics["methods"].items():
+        d = m.get("detection", {})
+        if "threshold" not in d:
+            rows.append([name, "n/a", "n/a", "n/a", "n/a", d.get("undefined", "")])
+            continue
+        rows.append([name, _fmt(d["threshold"]), _fmt(d["radius"]), str(d["validation_images"]),
+                     str(d["validation_objects"]), d.get("threshold_note") or "—"])
+    return Table("Detection threshold (maximises pooled detection F1 on SOURCE validation images; never sees a "
+                 "target label)", ["method", "threshold", "radius (px)", "validation images", "validation objects",
+                                   "note"], rows)
+
+
+def _detection_section(metrics: Mapping) -> list[Section]:
+    """The detection section, when some method has detection metrics (tile coordinates and a radius > 0)."""
+    if not any("detection" in m for m in metrics["methods"].values()):
+        return []
+    text = ("Label-1 tiles are the ground-truth objects (for MIDOG: one tile centred on each mitotic figure). "
+            "Per image, tiles whose probe P(y=1) reaches the threshold become detections at their tile centres; "
+            "non-maximum suppression and one-to-one matching use the radius below, as the MIDOG challenge does "
+            "(30 px = 7.5 µm at 0.25 µm/px).")
+    tables = [_detection_table(metrics)] + [t for key, title in DETECTION_TABLES
+                                            if (t := _site_table(metrics, key, title))]
+    return [Section("Detection per site", [text], tables, [], [])]
+
+
 def _grouped(entries: dict[tuple[str, str], set[str]], methods: list[str]) -> list[str]:
     """'- where: reason (methods)' lines, one per (where, reason), naming the methods unless it is all of them."""
     lines = []
@@ -257,7 +292,7 @@ def build_sections(metrics: Mapping, figure_names: list[str]) -> list[Section]:
         Section("Probe transfer per site", [],
                 [_probe_table(metrics)] + [t for key, title in SITE_TABLES[9:] if (t := _site_table(metrics, key, title))],
                 [f for f in ("auc", "reliability") if f in figure_names], []),
-    ]
+    ] + _detection_section(metrics)
     for name, title in PROTOCOL_TITLES.items():
         tables = _protocol_tables(metrics, name)
         if tables:

@@ -1,4 +1,5 @@
-"""The evaluation suite: per method and site, separation from the source, batch mixing and probe transfer.
+"""The evaluation suite: per method and site, separation from the source, batch mixing, probe transfer and
+(with tile coordinates) point-detection F1.
 
 Numbers in (embeddings already computed), a JSON-serialisable, versioned metrics dict out; no model
 code here. Every value is a number with a 95% block-bootstrap interval, a number reported without
@@ -7,13 +8,13 @@ one (the reason is recorded), or None with the reason it is undefined — never 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import jax
 import numpy as np
 
-from lmc_jax.evaluate import bootstrap, calibration, probe, protocol, signatures, transfer
+from lmc_jax.evaluate import bootstrap, calibration, detection, probe, protocol, signatures, transfer
 from lmc_jax.evaluate.bootstrap import Blocks, Estimate
 from lmc_jax.evaluate import domain_shift, mixing
 from lmc_jax.evaluate.domain_shift import DISTANCES, Site, site_distances
@@ -23,8 +24,9 @@ from lmc_jax.evaluate.separation import standardize
 
 SCHEMA_VERSION = 2
 PROBE_METRICS = calibration.METRICS
+DETECTION_METRICS = detection.METRICS  # per site only with tile coordinates and eval.detection_radius > 0
 PER_SITE = DISTANCES + MIXING + PROBE_METRICS
-BOUNDS = {**domain_shift.BOUNDS, **mixing.BOUNDS, **calibration.BOUNDS}
+BOUNDS = {**domain_shift.BOUNDS, **mixing.BOUNDS, **calibration.BOUNDS, **detection.BOUNDS}
 SUMMARY_BOUNDS = {**{f"{prefix}_{k}": b for k, b in BOUNDS.items() for prefix in ("mean_unseen", "source")},
                   **mixing.BOUNDS, "auc_drop": (-1.0, 1.0)}
 
@@ -71,6 +73,19 @@ NOTES = {
     "uncertainty).",
     "n": "Number of held-out examples at the site.",
 }
+DETECTION_NOTES = {
+    "detection_f1": "Point-detection F1 = 2TP/(2TP+FP+FN), scored as the MIDOG challenge scores mitotic figures: "
+    "within each image (region), the tiles whose probe P(y=1) reaches the detection threshold become candidate "
+    "points at their tile centres, greedy non-maximum suppression within eval.detection_radius px keeps the "
+    "best-scoring of nearby candidates, and candidates in descending score order take the nearest unmatched "
+    "ground truth (the centre of a label-1 tile) within the radius, each truth matched once. TP/FP/FN are pooled "
+    "over the site's images (not a mean of per-image F1s); undefined for a site without label-1 tiles. The "
+    "threshold maximises pooled detection F1 on the source validation images (the probe's validation part; the "
+    "probe's own threshold when they hold no label-1 tile), so target labels never pick it. Intervals resample the bootstrap units (images when groups are images) with "
+    "the matches held fixed.",
+    "detection_precision": "TP/(TP+FP) of the same matches; undefined when nothing is detected.",
+    "detection_recall": "TP/(TP+FN) of the same matches (share of label-1 tiles found); undefined without any.",
+}
 
 
 @dataclass(frozen=True)
@@ -86,6 +101,10 @@ class MethodEmbeddings:
     train_groups: np.ndarray | None = None  # (N_tr,) patient/slide/region key: folds and bootstrap keep groups whole
     heldout_groups: np.ndarray | None = None  # (M,) same key space as train_groups
     train_sites: np.ndarray | None = None  # (N_tr,) site index of each train row; None = all the source site
+    # Point detection (with settings.detection_radius > 0): top-left (y, x) of each tile within its image (its group)
+    heldout_coords: np.ndarray | None = None  # (M, 2); needs train_coords, both groups and tile_size
+    train_coords: np.ndarray | None = None  # (N_tr, 2): the validation images that pick the detection threshold
+    tile_size: int | None = None  # tile edge in px: a tile's point is its centre, coords + tile_size / 2
 
 
 def _validate(name: str, m: MethodEmbeddings, num_sites: int) -> None:
@@ -105,6 +124,16 @@ def _validate(name: str, m: MethodEmbeddings, num_sites: int) -> None:
         a = getattr(m, field)
         if a is not None and np.shape(a) != (n,):
             raise ValueError(f"method {name!r}: {field} must have shape ({n},); got {np.shape(a)}.")
+    for field, n in {"train_coords": len(m.train), "heldout_coords": len(m.heldout)}.items():
+        a = getattr(m, field)
+        if a is not None and (np.shape(a) != (n, 2) or not np.all(np.isfinite(a))):
+            raise ValueError(f"method {name!r}: {field} must be finite (y, x) of shape ({n}, 2); got {np.shape(a)}.")
+    if m.heldout_coords is not None:
+        missing = [f for f in ("train_coords", "train_groups", "heldout_groups", "tile_size") if getattr(m, f) is None]
+        if missing or m.tile_size <= 0:
+            raise ValueError(f"method {name!r}: heldout_coords needs {missing or 'tile_size > 0'} too: points are "
+                             "compared within an image (group), and the detection threshold is picked on the "
+                             "source validation images.")
     for field in ("train_labels", "heldout_labels"):
         values = np.unique(np.asarray(getattr(m, field))).tolist()
         if not set(values) <= {0, 1}:
@@ -191,38 +220,79 @@ def _separation(m: MethodEmbeddings, blocks: dict, ctx: _Context) -> tuple[dict[
     return per_site, joint, info
 
 
-def _probe(m: MethodEmbeddings, blocks: dict, ctx: _Context) -> tuple[dict[str, dict], dict, dict]:
-    """Probe fit on source train (less validation), threshold on source validation, metrics at every site."""
-    s, names = ctx.settings, ctx.site_names
+def _fit_probe(m: MethodEmbeddings, ctx: _Context) -> tuple[transfer.SourceProbe | str, np.ndarray]:
+    """The probe fit on source train less a group-disjoint validation part (which picks its threshold), or why it
+    is not fit; and the validation rows."""
     train, y_train = np.asarray(m.train), np.asarray(m.train_labels)
     groups = None if m.train_groups is None else np.asarray(m.train_groups)
-    fit, val = transfer.split_validation(y_train, groups, s.probe_val_fraction, _rng(ctx, 3))
-    fitted = transfer.fit_source_probe(train[fit], y_train[fit], train[val], y_train[val], s.probe_l2)
+    fit, val = transfer.split_validation(y_train, groups, ctx.settings.probe_val_fraction, _rng(ctx, 3))
+    return transfer.fit_source_probe(train[fit], y_train[fit], train[val], y_train[val], ctx.settings.probe_l2), val
+
+
+def _per_site(blocks: dict, ctx: _Context, keys: tuple[str, ...],
+              compute: Callable[[str, np.ndarray, Blocks], dict]) -> dict[str, dict]:
+    """compute(site, rows, blocks) for each site with ≥ min_site_samples held-out rows; the others get `keys`
+    undefined with the reason."""
+    s, out = ctx.settings, {}
+    for i, n in enumerate(ctx.site_names):
+        rows, b = blocks[i]
+        out[n] = (compute(n, rows, b) if len(rows) >= s.min_site_samples else dict.fromkeys(
+            keys, f"{len(rows)} held-out examples (< min_site_samples={s.min_site_samples})"))
+    return out
+
+
+def _probe(m: MethodEmbeddings, blocks: dict, ctx: _Context,
+           fitted: transfer.SourceProbe | str) -> tuple[dict[str, dict], dict, dict]:
+    """Probe metrics at every site, at the threshold chosen on source validation."""
+    s, names = ctx.settings, ctx.site_names
     if isinstance(fitted, str):
         return {n: dict.fromkeys(PROBE_METRICS, fitted) for n in names}, {}, {"undefined": fitted}
     scores = np.asarray(probe.predict_proba(fitted.params, np.asarray(m.heldout)))
     labels = np.asarray(m.heldout_labels)
-    per_site, curves = {}, {}
-    for i, n in enumerate(names):
-        rows, b = blocks[i]
-        if len(rows) < s.min_site_samples:
-            per_site[n] = dict.fromkeys(PROBE_METRICS, f"{len(rows)} held-out examples "
-                                                       f"(< min_site_samples={s.min_site_samples})")
-            continue
-        per_site[n] = calibration.binary_estimates(labels[rows], scores[rows], fitted.threshold, b, s.ece_bins)
+    curves = {}
+
+    def site(n: str, rows: np.ndarray, b: Blocks) -> dict:
         curves[n] = calibration.reliability(labels[rows], scores[rows], s.ece_bins)
+        return calibration.binary_estimates(labels[rows], scores[rows], fitted.threshold, b, s.ece_bins)
+
+    per_site = _per_site(blocks, ctx, PROBE_METRICS, site)
     info = {"threshold": fitted.threshold, "threshold_note": fitted.threshold_note, "n_fit": fitted.n_fit,
-            "n_val": fitted.n_val, "validation": "group-disjoint" if groups is not None else "stratified rows"}
+            "n_val": fitted.n_val, "validation": "group-disjoint" if m.train_groups is not None else "stratified rows"}
     return per_site, curves, info
 
 
-def _summary(per_site: dict[str, dict], joint: dict[str, Estimate], ctx: _Context) -> dict:
-    """Means over unseen sites with intervals, source probe metrics, AUC drop and the joint mixing metrics."""
+def _detection(m: MethodEmbeddings, blocks: dict, ctx: _Context, fitted: transfer.SourceProbe | str,
+               val: np.ndarray) -> tuple[dict[str, dict], dict]:
+    """Detection F1/precision/recall at every site, the threshold maximising detection F1 on the probe's source
+    validation images (never a held-out row)."""
+    s, names = ctx.settings, ctx.site_names
+    if isinstance(fitted, str):
+        return {n: dict.fromkeys(DETECTION_METRICS, fitted) for n in names}, {"undefined": fitted}
+    radius = s.detection_radius
+    val_scores = probe.predict_proba(fitted.params, np.asarray(m.train)[val])
+    val_labels, val_images = np.asarray(m.train_labels)[val], np.asarray(m.train_groups)[val]
+    threshold, note = detection.choose_threshold(
+        val_scores, val_labels, val_images, detection.tile_centres(np.asarray(m.train_coords)[val], m.tile_size),
+        radius, fallback=fitted.threshold)
+    scores = np.asarray(probe.predict_proba(fitted.params, np.asarray(m.heldout)))
+    labels, images = np.asarray(m.heldout_labels), np.asarray(m.heldout_groups)
+    points = detection.tile_centres(m.heldout_coords, m.tile_size)
+    per_site = _per_site(blocks, ctx, DETECTION_METRICS, lambda n, rows, b: detection.detection_f1(
+        scores[rows], labels[rows], images[rows], points[rows], threshold=threshold, radius=radius, blocks=b))
+    info = {"threshold": threshold, "threshold_note": note, "radius": radius,
+            "validation_images": int(len(np.unique(val_images))), "validation_objects": int(np.sum(val_labels == 1))}
+    return per_site, info
+
+
+def _summary(per_site: dict[str, dict], joint: dict[str, Estimate], ctx: _Context,
+             extra: tuple[str, ...] = ()) -> dict:
+    """Means over unseen sites with intervals (also of the `extra` per-site metrics), source probe metrics, AUC
+    drop and the joint mixing metrics."""
     as_estimate = {n: {k: v if isinstance(v, Estimate) else Estimate(v, "metric undefined") for k, v in d.items()}
                    for n, d in per_site.items()}
     values: dict[str, Estimate | str] = {}
     partial = {}
-    for metric in DISTANCES + PROBE_METRICS:
+    for metric in DISTANCES + PROBE_METRICS + extra:
         values[f"mean_unseen_{metric}"], note = bootstrap.combine(
             {n: as_estimate[n][metric] for n in ctx.unseen}, lambda arrays: np.mean(arrays, axis=0))
         if note:
@@ -260,16 +330,21 @@ def _evaluate_method(m: MethodEmbeddings, ctx: _Context, exclude: Sequence[str])
     s = ctx.settings
     blocks = _site_blocks(m, ctx)
     distances, joint, mixing_info = _separation(m, blocks, ctx)
-    probe_values, curves, probe_info = _probe(m, blocks, ctx)
-    per_site = {}
-    for i, n in enumerate(ctx.site_names):
-        values = {**distances[n], **probe_values[n]}
-        per_site[n] = {**bootstrap.as_json({k: values[k] for k in PER_SITE}, BOUNDS), "n": int(len(blocks[i][0]))}
+    fitted, val = _fit_probe(m, ctx)
+    probe_values, curves, probe_info = _probe(m, blocks, ctx, fitted)
+    detects = _detects(m, s)
+    detected, detection_info = (_detection(m, blocks, ctx, fitted, val) if detects
+                                else ({n: {} for n in ctx.site_names}, None))
+    keys = PER_SITE + (DETECTION_METRICS if detects else ())
+    values = {n: {**distances[n], **probe_values[n], **detected[n]} for n in ctx.site_names}
+    per_site = {n: {**bootstrap.as_json({k: values[n][k] for k in keys}, BOUNDS), "n": int(len(blocks[i][0]))}
+                for i, n in enumerate(ctx.site_names)}
     groups = None if m.train_groups is None else np.asarray(m.train_groups)
     return {
         "per_site": per_site,
-        "summary": _summary({n: {**distances[n], **probe_values[n]} for n in ctx.site_names}, joint, ctx),
+        "summary": _summary(values, joint, ctx, DETECTION_METRICS if detects else ()),
         "probe": probe_info,
+        **({"detection": detection_info} if detects else {}),
         "reliability": curves,
         "mixing": mixing_info,
         "signature": signatures.sparse_signature(
@@ -278,6 +353,11 @@ def _evaluate_method(m: MethodEmbeddings, ctx: _Context, exclude: Sequence[str])
         if s.signature_folds else {"undefined": "skipped (eval.signature_folds = 0)"},
         "protocols": _protocols(m, ctx, exclude),
     }
+
+
+def _detects(m: MethodEmbeddings, settings: Settings) -> bool:
+    """Whether the method gets detection metrics: tile coordinates given and eval.detection_radius > 0."""
+    return m.heldout_coords is not None and settings.detection_radius > 0
 
 
 def evaluate_embeddings(
@@ -291,7 +371,8 @@ def evaluate_embeddings(
 ) -> dict:
     """Per method and site: separation from the source (FD, class FD, raw FD, sliced W2, MMD, top-1), batch mixing
     (silhouette-batch, iLISI, kBET), probe transfer (AUC, F1, balanced accuracy, Brier, ECE) with 95% intervals,
-    plus the sparse signature and the transfer protocols.
+    plus the sparse signature and the transfer protocols; with tile coordinates and settings.detection_radius > 0,
+    also point-detection F1, precision and recall (label-1 tiles as objects; see DETECTION_NOTES).
 
     Held-out embeddings are z-scored with the source site's held-out statistics. A value that cannot be
     computed (site below min_site_samples, one class, the source itself) is None with its reason under
@@ -319,5 +400,5 @@ def evaluate_embeddings(
                       "unit": settings.bootstrap_unit, "max_blocks": settings.bootstrap_blocks,
                       "interval": bootstrap.METHOD},
         "methods": {name: _evaluate_method(m, ctx, summary_exclude) for name, m in methods.items()},
-        "notes": dict(NOTES),
+        "notes": {**NOTES, **(DETECTION_NOTES if any(_detects(m, settings) for m in methods.values()) else {})},
     }

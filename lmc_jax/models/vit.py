@@ -1,4 +1,4 @@
-"""Vision Transformer encoder and Barlow-Twins projector in Flax NNX.
+"""Vision Transformer encoder, Barlow-Twins projector and DANN domain head in Flax NNX.
 
 Laid out the timm way (class token prepended before the position embedding is added, fused
 qkv, exact GELU, LayerNorm eps 1e-6) so that weights map one-to-one onto timm's
@@ -193,22 +193,47 @@ class Projector(nnx.Module):
         return self.out(x).astype(jnp.float32)
 
 
-class LMCModel(nnx.Module):
-    """Encoder + projector: what the LMC loss trains. Only `encoder` is kept for embedding."""
+class DomainHead(nnx.Module):
+    """DANN domain classifier: MLP width → hidden dims (ReLU) → 1 logit (source 0 / stain-shifted 1)."""
 
-    def __init__(self, encoder: ViT, projector: Projector):
+    def __init__(self, in_features: int, hidden_dims: tuple[int, ...], *, dtype: jnp.dtype, rngs: nnx.Rngs):
+        widths = (in_features, *hidden_dims)
+        self.hidden = nnx.List([nnx.Linear(a, b, dtype=dtype, rngs=rngs) for a, b in zip(widths[:-1], widths[1:])])
+        self.out = nnx.Linear(widths[-1], 1, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """Features [..., width] → logits [...] (float32)."""
+        for linear in self.hidden:
+            x = jax.nn.relu(linear(x))
+        return self.out(x)[..., 0].astype(jnp.float32)
+
+
+class LMCModel(nnx.Module):
+    """Encoder + projector (+ `domain_head`, DANN only): what training updates; embedding keeps `encoder` only."""
+
+    def __init__(self, encoder: ViT, projector: Projector, domain_head: DomainHead | None = None):
         self.encoder = encoder
         self.projector = projector
+        if domain_head is not None:  # absent otherwise, so LMC's graph and checkpoints stay as they were
+            self.domain_head = domain_head
+
+    def embed(self, views: jax.Array) -> jax.Array:
+        """Views [K, B, H, W, 3] → encoder features [K, B, width], all views in one encoder pass."""
+        k, b = views.shape[:2]
+        return self.encoder(views.reshape(k * b, *views.shape[2:])).reshape(k, b, -1)
 
     def __call__(self, views: jax.Array) -> jax.Array:
         """Views [K, B, H, W, 3] → projections [K, B, P]."""
-        k, b = views.shape[:2]
-        h = self.encoder(views.reshape(k * b, *views.shape[2:]))
-        return self.projector(h.reshape(k, b, -1))
+        return self.projector(self.embed(views))
 
 
-def build_model(model_config, image_size: int, *, seed: int) -> LMCModel:
-    """Builds the encoder + projector from `config.model` (variant, pool, dtype, projector_dims)."""
+def build_model(
+    model_config, image_size: int, *, seed: int, domain_head_dims: tuple[int, ...] | None = None
+) -> LMCModel:
+    """Encoder + projector from `config.model`; with `domain_head_dims` (DANN's hidden widths) also a domain head.
+
+    The head is created after the projector, so encoder and projector start from the same weights either way.
+    """
     rngs = nnx.Rngs(params=seed)
     dtype = jnp.dtype(model_config.dtype)
     encoder = ViT(
@@ -220,4 +245,6 @@ def build_model(model_config, image_size: int, *, seed: int) -> LMCModel:
         rngs=rngs,
     )
     projector = Projector(encoder.width, tuple(model_config.projector_dims), dtype=dtype, rngs=rngs)
-    return LMCModel(encoder, projector)
+    if domain_head_dims is None:
+        return LMCModel(encoder, projector)
+    return LMCModel(encoder, projector, DomainHead(encoder.width, tuple(domain_head_dims), dtype=dtype, rngs=rngs))

@@ -1,0 +1,135 @@
+"""DANN reference: the reversal flips only the encoder's domain gradient, λ_p grows, the run saves and restores."""
+
+import json
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from lmc_jax import parallel, train
+from lmc_jax.evaluate.embed import make_encoder
+from lmc_jax.experiment import reference_config
+from lmc_jax.losses import dann_schedule, domain_adversarial_loss
+from lmc_jax.models.vit import build_model
+from tests.conftest import TINY_BUILDER
+from tests.tiny_config import tiny_config
+
+
+def _tiles(seed: int = 0) -> jax.Array:
+    return jnp.asarray(np.random.default_rng(seed).integers(0, 256, (16, 32, 32, 3), dtype=np.uint8))
+
+
+def _leaves(tree) -> list[np.ndarray]:
+    return [np.asarray(leaf) for leaf in jax.tree.leaves(jax.device_get(tree))]
+
+
+@pytest.fixture(scope="module")
+def dann_run(tiny_data_dir, tmp_path_factory):
+    """The "dann" reference of the tiny config, trained by train.train into <workdir>/references/dann.
+
+    With 2 accumulated micro-batches, so the logged λ_p also shows the traced step reaching each micro-batch.
+    """
+    config = tiny_config()
+    config.data.data_dir = str(tiny_data_dir)
+    config.data.builder_config = TINY_BUILDER
+    config.optimizer.grad_accum_steps = 2
+    ref = reference_config(config, "dann")
+    workdir = tmp_path_factory.mktemp("run") / "references" / "dann"
+    return ref, workdir, train.train(ref, workdir)
+
+
+def test_reference_config_turns_dann_on_only_for_dann():
+    config = tiny_config()
+    config.dann.enabled = True  # even then, the geometric-only reference stays plain Barlow Twins
+    geometric, dann = reference_config(config, "geometric_only"), reference_config(config, "dann")
+    assert not geometric.lmc.stain_views and not geometric.dann.enabled
+    assert not dann.lmc.stain_views and dann.dann.enabled
+    assert not tiny_config().dann.enabled  # LMC itself trains without the domain head
+    with pytest.raises(ValueError, match="not a trained reference"):
+        reference_config(config, "imagenet")
+
+
+def test_domain_head_is_added_without_changing_the_encoder_and_projector_start():
+    config = tiny_config()
+    plain = nnx.to_pure_dict(nnx.state(build_model(config.model, 24, seed=0), nnx.Param))
+    dann = nnx.to_pure_dict(nnx.state(build_model(config.model, 24, seed=0, domain_head_dims=(8,)), nnx.Param))
+    assert set(plain) == {"encoder", "projector"}
+    assert set(dann) == {"encoder", "projector", "domain_head"}
+    for part in ("encoder", "projector"):
+        for a, b in zip(_leaves(plain[part]), _leaves(dann[part]), strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_reversal_flips_and_scales_only_the_encoders_domain_gradient():
+    """∇(total, weight w) − ∇(total, weight 0) is the domain term's gradient through the reversal layer:
+    −λ·w × the plain gradient on the encoder, +w × it on the head, nothing on the projector."""
+    config = reference_config(tiny_config(), "dann")
+    trainer = train.make_trainer(config, parallel.make_mesh())
+    params = nnx.to_pure_dict(nnx.state(train._model_factory(config)(), nnx.Param))
+    tiles, key, step, weight = _tiles(), jax.random.key(3), 1, 2.0
+
+    def total(p, w):
+        run = reference_config(tiny_config(), "dann")
+        run.dann.weight = w
+        return train.loss_and_metrics(p, trainer.graphdef, tiles, key, run, step=step)
+
+    def plain_domain_loss(p):  # the same features and labels, no reversal
+        model = nnx.merge(trainer.graphdef, p)
+        features = model.embed(train.training_views(key, tiles, config))
+        logits = model.domain_head(jnp.stack([features[0], features[-1]]))
+        return domain_adversarial_loss(logits, jnp.broadcast_to(jnp.array([[0.0], [1.0]]), logits.shape))
+
+    (with_domain, metrics), (without, _), plain = jax.jit(lambda p: (
+        jax.grad(lambda q: total(q, weight), has_aux=True)(p),
+        jax.grad(lambda q: total(q, 0.0), has_aux=True)(p),
+        jax.grad(plain_domain_loss)(p),
+    ))(params)
+    lam = float(dann_schedule(step / config.num_steps, config.dann.gamma))
+    np.testing.assert_allclose(metrics["dann_lambda"], lam, rtol=1e-6)
+    assert 0.5 < lam < 0.9  # a scale that neither 0 nor 1 would pass for
+    for part, factor in (("encoder", -lam * weight), ("domain_head", weight), ("projector", 0.0)):
+        expected = [factor * g for g in _leaves(plain[part])]
+        got = [a - b for a, b in zip(_leaves(with_domain[part]), _leaves(without[part]), strict=True)]
+        scale = max(float(np.abs(g).max()) for g in _leaves(plain[part]))
+        assert part == "projector" or scale > 1e-3  # the domain term does reach this part
+        for g, e in zip(got, expected, strict=True):
+            np.testing.assert_allclose(g, e, atol=2e-4 * max(scale, 1e-3))
+
+
+def test_loss_needs_the_step_when_dann_is_on():
+    config = reference_config(tiny_config(), "dann")
+    graphdef, params = nnx.split(train._model_factory(config)(), nnx.Param)
+    with pytest.raises(ValueError, match="step"):
+        train.loss_and_metrics(nnx.to_pure_dict(params), graphdef, _tiles(), jax.random.key(0), config)
+
+
+def test_dann_reference_logs_a_finite_domain_loss_and_growing_lambda(dann_run):
+    config, workdir, _ = dann_run
+    records = [json.loads(line) for line in (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [2, 4, 6]
+    for record in records:
+        assert np.isfinite(record["dann_loss"]) and record["dann_loss"] > 0
+        assert 0.0 <= record["dann_accuracy"] <= 1.0
+        # metrics of the step that ran from state step `step - 1`
+        np.testing.assert_allclose(record["dann_lambda"], float(dann_schedule((record["step"] - 1) / config.num_steps)),
+                                   rtol=1e-5)
+    lambdas = [r["dann_lambda"] for r in records]
+    assert all(a < b for a, b in zip(lambdas, lambdas[1:]))
+
+
+def test_dann_reference_restores_from_its_workdir_and_embeds(dann_run):
+    config, workdir, final = dann_run
+    mesh = parallel.make_mesh()
+    graphdef, params, step = train.load_params(config, workdir, mesh)
+    assert step == config.num_steps
+    assert "domain_head" in params
+    for got, want in zip(_leaves(params), _leaves(final["params"]), strict=True):
+        np.testing.assert_array_equal(got, want)
+    initial = train.initial_params(config, mesh)[1]
+    assert any(not np.array_equal(a, b) for a, b in zip(_leaves(params["domain_head"]),
+                                                        _leaves(initial["domain_head"]), strict=True))
+    embeddings = make_encoder(graphdef, params, config.data.crop_size, mesh)(np.asarray(_tiles()))
+    assert embeddings.shape == (16, 32) and np.all(np.isfinite(embeddings))
