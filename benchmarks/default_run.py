@@ -45,7 +45,7 @@ def main() -> None:
     runs = [one_run(extra) for _ in range(args.runs)]
     peak_gib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
     print(f"configs/default.py {' '.join(extra)} | {os.cpu_count()} CPU cores | median of {args.runs} run(s)")
-    print("| whole job (train LMC + reference + evaluate) s | LMC train steps/s | images/s | peak RSS GiB |")
+    print("| whole job (train LMC + trained references + evaluate) s | LMC train steps/s | images/s | peak RSS GiB |")
     print("| ---: | ---: | ---: | ---: |")
     med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
     print(f"| {med['wall_sec']:.0f} | {med['steps_per_sec']:.2f} | {med['images_per_sec']:.0f} | {peak_gib:.2f} |")
