@@ -1,6 +1,7 @@
 """Flax ⇄ timm: exact round trip, embeddings equal to timm's (random images and real slide tiles), imports of
 timm weights (head, layer scale, no_embed_class, resampled positions), and bad input refused by name."""
 
+import json
 import logging
 import pathlib
 
@@ -166,11 +167,11 @@ def _timm_mu(timm, image_size: int = 32, **kwargs):
     return _perturb_torch(timm.create_model("vit_tiny_patch16_224", **args), seed=5)
 
 
-def _pooled(model, images: np.ndarray) -> np.ndarray:
-    """timm features before its classifier (pre-logits)."""
+def _pooled(model, images: np.ndarray, mean=IMAGE_MEAN, std=IMAGE_STD) -> np.ndarray:
+    """timm features before its classifier (pre-logits), inputs normalised with (mean, std)."""
     import torch
 
-    x = (images - np.asarray(IMAGE_MEAN, np.float32)) / np.asarray(IMAGE_STD, np.float32)
+    x = (images - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
     with torch.no_grad():
         features = model.forward_features(torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))))
         return model.forward_head(features, pre_logits=True).numpy()
@@ -191,6 +192,25 @@ def test_imports_adapt_head_layer_scale_and_no_embed_class(timm, slide_tiles, tm
         in caplog.text
     got = encoder_embeddings(params, "mu/8", "cls", 32, images)
     np.testing.assert_allclose(got, _pooled(model, images), rtol=0, atol=TOLERANCE)
+
+
+def test_declared_input_normalisation_is_folded_into_the_patch_embedding(timm, slide_tiles, tmp_path, caplog):
+    """Weights trained on (x − 0.5)/0.5 inputs (timm's augreg ViTs) embed as timm does with that normalisation."""
+    import safetensors.torch
+
+    model = _timm_mu(timm, num_classes=0)
+    safetensors.torch.save_file(model.state_dict(), tmp_path / "model.safetensors")
+    (tmp_path / "config.json").write_text(json.dumps({
+        "architecture": "vit_tiny_patch16_224", "model_args": timm_spec("mu/8", "cls", 32).model_args,
+        "pretrained_cfg": {"mean": [0.5] * 3, "std": [0.5] * 3}}))
+    images = _images(slide_tiles, 32)
+    with caplog.at_level(logging.INFO):
+        params = load_timm_weights(tmp_path / "model.safetensors", _model_config("mu/8", "cls"), 32)
+    assert "input normalisation" in caplog.text
+    got = encoder_embeddings(params, "mu/8", "cls", 32, images)
+    want = _pooled(model, images, mean=(0.5,) * 3, std=(0.5,) * 3)
+    np.testing.assert_allclose(got, want, rtol=0, atol=TOLERANCE)
+    assert np.abs(want - _pooled(model, images)).max() > 100 * TOLERANCE  # the normalisation matters
 
 
 @pytest.mark.parametrize("image_size", [24, 48])

@@ -110,10 +110,3 @@ def test_crop_is_the_largest_patch_multiple_within_the_data_crop():
     assert extra_encoders._crop_for(_model("mu/8"), config, "w") == 24
     with pytest.raises(ExtraEncoderError, match="larger than data.crop_size"):
         extra_encoders._crop_for(_model("S/32"), config, "w")
-
-
-def test_weights_normalised_otherwise_are_refused(tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps({"architecture": "vit_small_patch16_224",
-                                                      "pretrained_cfg": {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}}))
-    with pytest.raises(ExtraEncoderError, match="mean"):
-        timm_model_config(tmp_path / "model.safetensors", _model())

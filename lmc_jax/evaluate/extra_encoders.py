@@ -17,7 +17,6 @@ from collections.abc import Iterable
 
 import jax
 import ml_collections
-import numpy as np
 from etils import epath
 
 from lmc_jax import train
@@ -25,7 +24,7 @@ from lmc_jax.evaluate.embed import make_encoder
 from lmc_jax.evaluate.pipeline import RAW_COLOUR
 from lmc_jax.export.load import INIT_FROM_PREFIX, load_timm_weights
 from lmc_jax.export.timm import TIMM_ARCHS
-from lmc_jax.models.vit import IMAGE_MEAN, IMAGE_STD, SIZES, parse_variant
+from lmc_jax.models.vit import SIZES, parse_variant
 
 class ExtraEncoderError(ValueError):
     """An extra encoder that cannot be evaluated: the message names the entry and the fix."""
@@ -115,7 +114,6 @@ def timm_model_config(weights: pathlib.Path, fallback: ml_collections.ConfigDict
         declared = json.loads(path.read_text())
     except ValueError as error:
         raise ExtraEncoderError(f"{path} beside the weights is not valid JSON ({error}).") from error
-    _check_normalisation(declared.get("pretrained_cfg") or {}, path)
     args = declared.get("model_args") or {}
     by_name = {arch: variant for variant, arch in TIMM_ARCHS.items()}
     variant = by_name.get(declared.get("architecture"))
@@ -134,25 +132,12 @@ def timm_model_config(weights: pathlib.Path, fallback: ml_collections.ConfigDict
     return model
 
 
-def _check_normalisation(pretrained_cfg: dict, path: pathlib.Path) -> None:
-    """Refuse weights trained on inputs normalised otherwise than our encoder's fixed ImageNet mean/std."""
-    for key, ours in (("mean", IMAGE_MEAN), ("std", IMAGE_STD)):
-        theirs = pretrained_cfg.get(key)
-        if theirs is not None and not np.allclose(theirs, ours, atol=1e-3):
-            raise ExtraEncoderError(f"{path}: pretrained_cfg {key}={list(theirs)} differs from the {key} "
-                                    f"{list(ours)} our ViT normalises inputs with; these weights would see "
-                                    "shifted inputs.")
-
-
 def _crop_for(model: ml_collections.ConfigDict, config: ml_collections.ConfigDict, source: str) -> int:
     """The largest multiple of the model's patch size that is ≤ config.data.crop_size."""
     _, patch = parse_variant(model.variant)
     crop = config.data.crop_size // patch * patch
     if crop == 0:
         raise ExtraEncoderError(f"{source}: patch size {patch} is larger than data.crop_size={config.data.crop_size}.")
-    if crop != config.data.crop_size:
-        logging.info("%s: patch %d, so it sees %d px centre crops (data.crop_size=%d)", source, patch, crop,
-                     config.data.crop_size)
     return crop
 
 
@@ -174,6 +159,6 @@ def load_encoder(extra: ExtraEncoder, config: ml_collections.ConfigDict, mesh: j
     graphdef, params = train.initial_params(run, mesh)
     encoder = load_timm_weights(pathlib.Path(extra.path), run.model, crop)
     params = dict(params, encoder=jax.device_put(encoder, jax.tree.map(lambda p: p.sharding, params["encoder"])))
-    logging.info("extra encoder %r: timm weights %s as ViT-%s (%s pool)", extra.name, extra.path, run.model.variant,
-                 run.model.pool)
+    logging.info("extra encoder %r: timm weights %s as ViT-%s (%s pool) on %d px centre crops", extra.name,
+                 extra.path, run.model.variant, run.model.pool, crop)
     return make_encoder(graphdef, params, crop, mesh)

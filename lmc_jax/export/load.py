@@ -15,8 +15,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from lmc_jax.export.timm import TIMM_ARCHS, TimmWeightsError, from_timm
-from lmc_jax.models.vit import parse_variant
+from lmc_jax.export.timm import TIMM_ARCHS, TimmWeightsError, fold_input_normalization, from_timm
+from lmc_jax.models.vit import IMAGE_MEAN, IMAGE_STD, parse_variant
 
 INIT_FROM_PREFIX = "timm:"
 SAFETENSORS_SUFFIXES = (".safetensors",)
@@ -88,15 +88,38 @@ def check_declared_heads(path: pathlib.Path, variant: str) -> None:
                                f"has {heads}; set model.variant to the weights' architecture.")
 
 
+def declared_normalization(path: pathlib.Path) -> tuple[list[float], list[float]] | None:
+    """(mean, std) the weights expect, from timm's config.json beside them (`pretrained_cfg` or top level)."""
+    config_path = path.parent / "config.json"
+    if not config_path.is_file():
+        return None
+    try:
+        declared = json.loads(config_path.read_text())
+    except ValueError as error:
+        raise TimmWeightsError(f"{config_path} beside the weights is not valid JSON ({error}).") from error
+    for section in (declared.get("pretrained_cfg") or {}, declared):
+        if section.get("mean") is not None and section.get("std") is not None:
+            return list(section["mean"]), list(section["std"])
+    return None
+
+
 def load_timm_weights(path: str | pathlib.Path, model_config: ml_collections.ConfigDict,
                       image_size: int) -> dict[str, Any]:
-    """timm ViT weights file → pure param dict for our encoder (`model.variant`, `model.pool`, `image_size`)."""
+    """timm ViT weights file → pure param dict for our encoder (`model.variant`, `model.pool`, `image_size`).
+
+    Weights that declare another input normalisation (config.json beside them) get it folded into the patch
+    embedding, so our fixed ImageNet normalisation feeds them what they were trained on.
+    """
     path = pathlib.Path(path)
     params, notes = from_timm(read_state_dict(path), model_config.variant, model_config.pool, image_size,
                               source=str(path))
     check_declared_heads(path, model_config.variant)
+    normalization = declared_normalization(path)
+    if normalization is not None and not np.allclose(normalization, (IMAGE_MEAN, IMAGE_STD), atol=1e-6):
+        params = fold_input_normalization(params, *normalization)
+        notes.append(f"input normalisation mean={normalization[0]} std={normalization[1]} folded into patch_embed")
     for note in notes:
-        logging.info("init_from %s: %s", path, note)
+        logging.info("timm weights %s: %s", path, note)
     return params
 
 

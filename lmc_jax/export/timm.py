@@ -285,3 +285,23 @@ def from_timm(
             node = node.setdefault(part, {})
         node[path[-1]] = np.ascontiguousarray(_to_flax_layout(sd[key], layout))
     return params, notes
+
+
+def fold_input_normalization(params: Mapping[str, Any], mean: Any, std: Any) -> dict[str, Any]:
+    """Encoder params that, on inputs normalised with our IMAGE_MEAN/IMAGE_STD, compute what `params` computed
+    on inputs normalised with (mean, std), e.g. timm's augreg ViTs (0.5, 0.5).
+
+    (x − m)/s = ((x − ours_m)/ours_s)·(ours_s/s) + (ours_m − m)/s is affine per channel and the patch
+    embedding is a VALID convolution, so the change folds into its kernel and bias exactly.
+    """
+    mean, std = np.asarray(mean, np.float64).reshape(3), np.asarray(std, np.float64).reshape(3)
+    if np.any(std <= 0) or not (np.all(np.isfinite(mean)) and np.all(np.isfinite(std))):
+        raise TimmWeightsError(f"input normalisation mean={mean.tolist()} std={std.tolist()}: std must be > 0 and "
+                               "both finite.")
+    kernel = np.asarray(params["patch_embed"]["kernel"], np.float64)  # [p, p, 3, width]
+    bias = np.asarray(params["patch_embed"]["bias"], np.float64)
+    scale = np.asarray(IMAGE_STD) / std
+    shift = (np.asarray(IMAGE_MEAN) - mean) / std
+    patch_embed = {"kernel": (kernel * scale[None, None, :, None]).astype(np.float32),
+                   "bias": (bias + np.einsum("ijcw,c->w", kernel, shift)).astype(np.float32)}
+    return {**params, "patch_embed": patch_embed}
