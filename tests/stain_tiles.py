@@ -3,6 +3,7 @@
 import numpy as np
 
 from data_pipelines import tiling
+from lmc_jax.stain import robust
 
 TILE_CORNERS = ((128, 896), (896, 1152), (1280, 1408), (1792, 896), (2048, 1536), (2432, 640))
 """Top-left (y, x) of 128 px tiles with ≥ 60% tissue (tiling.tissue_mask), spread over the slide."""
@@ -36,3 +37,19 @@ def special_patches(size: int = 8) -> np.ndarray:
     """uint8 patches [4, size, size, 3] no normalizer can use: white glass, black, one flat pink, one flat grey."""
     colours = ((255, 255, 255), (0, 0, 0), (200, 120, 160), (128, 128, 128))
     return np.stack([np.full((size, size, 3), colour, np.uint8) for colour in colours])
+
+
+SPECIAL_FLAGS = [robust.NO_TISSUE, robust.NO_TISSUE, robust.DEGENERATE, robust.DEGENERATE]
+"""The flags every normalizer gives `special_patches()`: glass and black have no tissue, flat colours one stain."""
+
+
+def assert_flagged_unchanged(batch: np.ndarray, out, flags) -> None:
+    """A uint8 transform's output keeps the batch's dtype and shape, and its flagged images are the inputs."""
+    assert out.dtype == np.uint8 and out.shape == batch.shape
+    unchanged = np.asarray(flags) != robust.NORMALIZED
+    np.testing.assert_array_equal(np.asarray(out)[unchanged], batch[unchanged])
+
+
+def assert_unit_range(out_float) -> None:
+    """A float transform's output is finite and within [0, 1]."""
+    assert np.all(np.isfinite(out_float)) and float(out_float.min()) >= 0.0 and float(out_float.max()) <= 1.0

@@ -165,14 +165,10 @@ def _estimate(intensity: jax.Array, config: MacenkoConfig) -> stain_matrix.Estim
     quantiles = jnp.array([config.alpha, 100.0 - config.alpha]) / 100.0
     angles = _pseudo_to_angle(robust.masked_quantile(pseudo[:, None], transparent_free[:, None], quantiles))
     stains, conc = jax.vmap(_stains)(od, plane, angles)
-    maxima = robust.masked_quantile(conc, True, config.max_percentile / 100.0)
     tissue = robust.masked_count(jax.vmap(robust.tissue_mask, in_axes=(0, 0, None))(intensity, od, config.beta))
     no_tissue = (tissue < max(2.0, config.min_tissue_fraction * intensity.shape[-1])) | (count < 2)
-    finite = jnp.all(jnp.isfinite(stains), axis=(1, 2)) & jnp.all(jnp.isfinite(maxima), axis=1)
     spread = jnp.abs(angles[:, 1] - angles[:, 0])
-    degenerate = (spread < config.min_stain_angle) | jnp.any(maxima <= 1e-6, axis=1) | ~finite
-    flag = robust.combine_flags((no_tissue, robust.NO_TISSUE), (degenerate, robust.DEGENERATE))
-    return stain_matrix.Estimate(stains, maxima, conc, flag)
+    return stain_matrix.flagged_estimate(stains, conc, no_tissue, spread, config)
 
 
 @functools.partial(jax.jit, static_argnames=("config",))

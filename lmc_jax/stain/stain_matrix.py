@@ -28,6 +28,18 @@ class Estimate(NamedTuple):
 Estimator = Callable[[jax.Array, Any], Estimate]
 
 
+def flagged_estimate(stains: jax.Array, conc: jax.Array, no_tissue: jax.Array, stain_angle: jax.Array,
+                     config: Any) -> Estimate:
+    """A group's Estimate from its stains [G, 2, 3] and concentrations [G, 2, N]: maxima at config.max_percentile,
+    NO_TISSUE where `no_tissue`, DEGENERATE where the stains are closer than config.min_stain_angle (radians
+    `stain_angle` [G]), a maximum vanishes or anything is non-finite."""
+    maxima = robust.masked_quantile(conc, True, config.max_percentile / 100.0)
+    finite = jnp.all(jnp.isfinite(stains), axis=(1, 2)) & jnp.all(jnp.isfinite(maxima), axis=1)
+    degenerate = (stain_angle < config.min_stain_angle) | jnp.any(maxima <= 1e-6, axis=1) | ~finite
+    flag = robust.combine_flags((no_tissue, robust.NO_TISSUE), (degenerate, robust.DEGENERATE))
+    return Estimate(stains, maxima, conc, flag)
+
+
 def _transform_group(images: jax.Array, params: Any, config: Any, estimate: Estimator) -> tuple[jax.Array, jax.Array]:
     """Normalize a group of images [G, H, W, 3] towards `params`; returns (images, flags [G])."""
     pixels = jax.vmap(planar.pixels)(images)

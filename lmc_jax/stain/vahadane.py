@@ -151,13 +151,9 @@ def _estimate(intensity: jax.Array, config: VahadaneConfig) -> stain_matrix.Esti
     Per-image dictionary learning is vmapped; the percentiles run on the group's rows together.
     """
     count, stains, conc = jax.vmap(_dictionary, in_axes=(0, None))(intensity, config)
-    maxima = robust.masked_quantile(conc, True, config.max_percentile / 100.0)
     no_tissue = count < max(2.0, config.min_tissue_fraction * intensity.shape[-1])
     cosine = jnp.clip(jnp.sum(stains[:, 0] * stains[:, 1], axis=-1), -1.0, 1.0)
-    finite = jnp.all(jnp.isfinite(stains), axis=(1, 2)) & jnp.all(jnp.isfinite(maxima), axis=1)
-    degenerate = (jnp.arccos(cosine) < config.min_stain_angle) | jnp.any(maxima <= 1e-6, axis=1) | ~finite
-    flag = robust.combine_flags((no_tissue, robust.NO_TISSUE), (degenerate, robust.DEGENERATE))
-    return stain_matrix.Estimate(stains, maxima, conc, flag)
+    return stain_matrix.flagged_estimate(stains, conc, no_tissue, jnp.arccos(cosine), config)
 
 
 @functools.partial(jax.jit, static_argnames=("config",))
