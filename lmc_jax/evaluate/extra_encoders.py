@@ -9,7 +9,6 @@ dict also works; the architecture is read from a timm `config.json` beside the w
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import pathlib
 import re
@@ -22,8 +21,8 @@ from etils import epath
 from lmc_jax import train
 from lmc_jax.evaluate.embed import make_encoder
 from lmc_jax.evaluate.pipeline import RAW_COLOUR
-from lmc_jax.export.load import INIT_FROM_PREFIX, load_timm_weights
-from lmc_jax.export.timm import TIMM_ARCHS
+from lmc_jax.export.load import INIT_FROM_PREFIX, load_timm_weights, read_hub_config
+from lmc_jax.export.timm import TIMM_ARCHS, TimmWeightsError
 from lmc_jax.models.vit import SIZES, parse_variant
 
 class ExtraEncoderError(ValueError):
@@ -94,7 +93,7 @@ def parse_specs(config: ml_collections.ConfigDict) -> list[ExtraEncoder]:
         try:
             extra = parse_spec(spec)
             _check(extra, config, taken)
-        except ExtraEncoderError as error:
+        except (ExtraEncoderError, TimmWeightsError) as error:
             raise ExtraEncoderError(f"config.eval.extra_encoders entry {spec!r}: {error}") from None
         taken.add(extra.name)
         extras.append(extra)
@@ -106,14 +105,11 @@ def timm_model_config(weights: pathlib.Path, fallback: ml_collections.ConfigDict
     known architecture name); without one, `fallback` unchanged."""
     model = ml_collections.ConfigDict(fallback.to_dict())
     path = weights.parent / "config.json"
-    if not path.is_file():
+    declared = read_hub_config(weights)
+    if not declared:
         logging.info("%s: no config.json beside it; assuming model.variant=%s, pool=%s", weights, model.variant,
                      model.pool)
         return model
-    try:
-        declared = json.loads(path.read_text())
-    except ValueError as error:
-        raise ExtraEncoderError(f"{path} beside the weights is not valid JSON ({error}).") from error
     args = declared.get("model_args") or {}
     by_name = {arch: variant for variant, arch in TIMM_ARCHS.items()}
     variant = by_name.get(declared.get("architecture"))

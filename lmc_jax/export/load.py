@@ -71,15 +71,20 @@ def read_state_dict(path: str | pathlib.Path) -> dict[str, np.ndarray]:
                            f"{SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES}.")
 
 
-def check_declared_heads(path: pathlib.Path, variant: str) -> None:
-    """Heads cannot be read from weights: a config.json beside them that declares others is refused."""
-    config_path = path.parent / "config.json"
+def read_hub_config(weights: pathlib.Path) -> dict[str, Any]:
+    """timm's config.json beside the weights file as a dict ({} when there is none); unreadable JSON raises."""
+    config_path = weights.parent / "config.json"
     if not config_path.is_file():
-        return
+        return {}
     try:
-        declared = json.loads(config_path.read_text())
+        return json.loads(config_path.read_text())
     except (OSError, ValueError) as error:
         raise TimmWeightsError(f"{config_path} beside the weights is not valid JSON ({error}).") from error
+
+
+def check_declared_heads(declared: dict[str, Any], path: pathlib.Path, variant: str) -> None:
+    """Heads cannot be read from weights: a config.json beside them (`declared`) that declares others is refused."""
+    config_path = path.parent / "config.json"
     heads = parse_variant(variant)[0].heads
     arch_heads = {name: parse_variant(v)[0].heads for v, name in TIMM_ARCHS.items()}
     found = (declared.get("model_args") or {}).get("num_heads", arch_heads.get(declared.get("architecture")))
@@ -88,15 +93,8 @@ def check_declared_heads(path: pathlib.Path, variant: str) -> None:
                                f"has {heads}; set model.variant to the weights' architecture.")
 
 
-def declared_normalization(path: pathlib.Path) -> tuple[list[float], list[float]] | None:
-    """(mean, std) the weights expect, from timm's config.json beside them (`pretrained_cfg` or top level)."""
-    config_path = path.parent / "config.json"
-    if not config_path.is_file():
-        return None
-    try:
-        declared = json.loads(config_path.read_text())
-    except ValueError as error:
-        raise TimmWeightsError(f"{config_path} beside the weights is not valid JSON ({error}).") from error
+def declared_normalization(declared: dict[str, Any]) -> tuple[list[float], list[float]] | None:
+    """(mean, std) the weights expect, from timm's config.json (`pretrained_cfg` or top level); None if unsaid."""
     for section in (declared.get("pretrained_cfg") or {}, declared):
         if section.get("mean") is not None and section.get("std") is not None:
             return list(section["mean"]), list(section["std"])
@@ -113,8 +111,9 @@ def load_timm_weights(path: str | pathlib.Path, model_config: ml_collections.Con
     path = pathlib.Path(path)
     params, notes = from_timm(read_state_dict(path), model_config.variant, model_config.pool, image_size,
                               source=str(path))
-    check_declared_heads(path, model_config.variant)
-    normalization = declared_normalization(path)
+    declared = read_hub_config(path)
+    check_declared_heads(declared, path, model_config.variant)
+    normalization = declared_normalization(declared)
     if normalization is not None and not np.allclose(normalization, (IMAGE_MEAN, IMAGE_STD), atol=1e-6):
         params = fold_input_normalization(params, *normalization)
         notes.append(f"input normalisation mean={normalization[0]} std={normalization[1]} folded into patch_embed")
