@@ -8,13 +8,14 @@ from __future__ import annotations
 import ml_collections
 
 from lmc_jax.evaluate.extra_encoders import ExtraEncoderError, parse_specs
+from lmc_jax.experiment import TRAINED_REFERENCES
 from lmc_jax.evaluate.settings import Settings
 from lmc_jax.export.load import init_from_path
 from lmc_jax.models.vit import parse_variant
 
 MODES = ("train", "evaluate")  # export and normalize have their own configs, validated by their modules
 DTYPES = ("float32", "bfloat16", "float16")
-REFERENCES = ("untrained", "geometric_only", "dann")
+REFERENCES = ("untrained", *TRAINED_REFERENCES)
 NORMALIZERS = ("macenko", "reinhard", "vahadane")
 
 
