@@ -220,13 +220,16 @@ def _separation(m: MethodEmbeddings, blocks: dict, ctx: _Context) -> tuple[dict[
     return per_site, joint, info
 
 
-def _fit_probe(m: MethodEmbeddings, ctx: _Context) -> tuple[transfer.SourceProbe | str, np.ndarray]:
+def _fit_probe(m: MethodEmbeddings, ctx: _Context) -> tuple[transfer.SourceProbe | str, np.ndarray, np.ndarray | None]:
     """The probe fit on source train less a group-disjoint validation part (which picks its threshold), or why it
-    is not fit; and the validation rows."""
+    is not fit; the validation rows; and the probe's P(y=1) on every held-out row (None without a probe)."""
     train, y_train = np.asarray(m.train), np.asarray(m.train_labels)
     groups = None if m.train_groups is None else np.asarray(m.train_groups)
     fit, val = transfer.split_validation(y_train, groups, ctx.settings.probe_val_fraction, _rng(ctx, 3))
-    return transfer.fit_source_probe(train[fit], y_train[fit], train[val], y_train[val], ctx.settings.probe_l2), val
+    fitted = transfer.fit_source_probe(train[fit], y_train[fit], train[val], y_train[val], ctx.settings.probe_l2)
+    if isinstance(fitted, str):
+        return fitted, val, None
+    return fitted, val, np.asarray(probe.predict_proba(fitted.params, np.asarray(m.heldout)))
 
 
 def _per_site(blocks: dict, ctx: _Context, keys: tuple[str, ...],
@@ -241,13 +244,12 @@ def _per_site(blocks: dict, ctx: _Context, keys: tuple[str, ...],
     return out
 
 
-def _probe(m: MethodEmbeddings, blocks: dict, ctx: _Context,
-           fitted: transfer.SourceProbe | str) -> tuple[dict[str, dict], dict, dict]:
-    """Probe metrics at every site, at the threshold chosen on source validation."""
+def _probe(m: MethodEmbeddings, blocks: dict, ctx: _Context, fitted: transfer.SourceProbe | str,
+           scores: np.ndarray | None) -> tuple[dict[str, dict], dict, dict]:
+    """Probe metrics at every site from its held-out `scores`, at the threshold chosen on source validation."""
     s, names = ctx.settings, ctx.site_names
     if isinstance(fitted, str):
         return {n: dict.fromkeys(PROBE_METRICS, fitted) for n in names}, {}, {"undefined": fitted}
-    scores = np.asarray(probe.predict_proba(fitted.params, np.asarray(m.heldout)))
     labels = np.asarray(m.heldout_labels)
     curves = {}
 
@@ -262,7 +264,7 @@ def _probe(m: MethodEmbeddings, blocks: dict, ctx: _Context,
 
 
 def _detection(m: MethodEmbeddings, blocks: dict, ctx: _Context, fitted: transfer.SourceProbe | str,
-               val: np.ndarray) -> tuple[dict[str, dict], dict]:
+               val: np.ndarray, scores: np.ndarray | None) -> tuple[dict[str, dict], dict]:
     """Detection F1/precision/recall at every site, the threshold maximising detection F1 on the probe's source
     validation images (never a held-out row)."""
     s, names = ctx.settings, ctx.site_names
@@ -274,7 +276,6 @@ def _detection(m: MethodEmbeddings, blocks: dict, ctx: _Context, fitted: transfe
     threshold, note = detection.choose_threshold(
         val_scores, val_labels, val_images, detection.tile_centres(np.asarray(m.train_coords)[val], m.tile_size),
         radius, fallback=fitted.threshold)
-    scores = np.asarray(probe.predict_proba(fitted.params, np.asarray(m.heldout)))
     labels, images = np.asarray(m.heldout_labels), np.asarray(m.heldout_groups)
     points = detection.tile_centres(m.heldout_coords, m.tile_size)
     per_site = _per_site(blocks, ctx, DETECTION_METRICS, lambda n, rows, b: detection.detection_f1(
@@ -330,10 +331,10 @@ def _evaluate_method(m: MethodEmbeddings, ctx: _Context, exclude: Sequence[str])
     s = ctx.settings
     blocks = _site_blocks(m, ctx)
     distances, joint, mixing_info = _separation(m, blocks, ctx)
-    fitted, val = _fit_probe(m, ctx)
-    probe_values, curves, probe_info = _probe(m, blocks, ctx, fitted)
+    fitted, val, scores = _fit_probe(m, ctx)
+    probe_values, curves, probe_info = _probe(m, blocks, ctx, fitted, scores)
     detects = _detects(m, s)
-    detected, detection_info = (_detection(m, blocks, ctx, fitted, val) if detects
+    detected, detection_info = (_detection(m, blocks, ctx, fitted, val, scores) if detects
                                 else ({n: {} for n in ctx.site_names}, None))
     keys = PER_SITE + (DETECTION_METRICS if detects else ())
     values = {n: {**distances[n], **probe_values[n], **detected[n]} for n in ctx.site_names}
