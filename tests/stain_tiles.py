@@ -53,3 +53,19 @@ def assert_flagged_unchanged(batch: np.ndarray, out, flags) -> None:
 def assert_unit_range(out_float) -> None:
     """A float transform's output is finite and within [0, 1]."""
     assert np.all(np.isfinite(out_float)) and float(out_float.min()) >= 0.0 and float(out_float.max()) <= 1.0
+
+
+TORCHSTAIN_MEAN_TOLERANCE = 0.6
+"""Mean |Δ| (0-255) to torchstain's uint8 output: torchstain truncates, we round (≈ 0.5 from that alone)."""
+
+
+def assert_matches_torchstain(transform, params, tiles: np.ndarray, expected: np.ndarray) -> None:
+    """`transform(tiles, params)` normalizes every tile and agrees with torchstain's uint8 `expected`: rounded
+    within TORCHSTAIN_MEAN_TOLERANCE on average and 1 at most; float in, float out, truncated, almost everywhere."""
+    out, flags = transform(tiles, params)
+    assert (np.asarray(flags) == robust.NORMALIZED).all()
+    diff = np.abs(np.asarray(out, np.int32) - expected)
+    assert diff.mean() <= TORCHSTAIN_MEAN_TOLERANCE and diff.max() <= 1, (diff.mean(), diff.max())
+    out_float, _ = transform(tiles.astype(np.float32) / 255.0, params)
+    truncated = np.floor(np.asarray(out_float, np.float64) * 255.0 + 1e-3).astype(np.int32)
+    assert np.mean(truncated != expected) < 0.005 and np.abs(truncated - expected).max() <= 1
