@@ -53,6 +53,11 @@ def slide_tiles(count: int) -> tuple[np.ndarray, np.ndarray]:
     return tiles, slide[y : y + TILE, x : x + TILE].copy()
 
 
+def device_batches(tiles: np.ndarray, batch: int) -> list[jax.Array]:
+    """The tiles on the device in consecutive batches of `batch` (the last may be shorter)."""
+    return [jax.device_put(tiles[i : i + batch]) for i in range(0, len(tiles), batch)]
+
+
 def median_rate(run: Callable[[], object], images: int, repeats: int) -> float:
     """Median images/s of `repeats` timed calls of `run` (which processes `images` images)."""
     seconds = []
@@ -69,7 +74,7 @@ def ours(name: str, tiles: np.ndarray, reference: np.ndarray, batch: int, repeat
     start = time.perf_counter()
     params = fit(reference)
     fit_seconds = time.perf_counter() - start
-    batches = [jax.device_put(tiles[i : i + batch]) for i in range(0, len(tiles), batch)]
+    batches = device_batches(tiles, batch)
     start = time.perf_counter()
     jax.block_until_ready(transform(batches[0], params))
     compile_seconds = time.perf_counter() - start
@@ -145,7 +150,7 @@ def per_pixel_floor(params: macenko.MacenkoParams) -> Callable[[jax.Array], jax.
 def breakdown(tiles: np.ndarray, reference: np.ndarray, batch: int, repeats: int) -> None:
     """Macenko's time per tile split into its parts, next to the budget the 20x target leaves (same run)."""
     params = macenko.fit(reference)
-    batches = [jax.device_put(tiles[i : i + batch]) for i in range(0, len(tiles), batch)]
+    batches = device_batches(tiles, batch)
     parts = {
         "whole transform (macenko.transform)": jax.jit(lambda b: macenko.transform(b, params)),
         "stain estimate only (macenko.estimate_stains)": macenko.estimate_stains,
