@@ -33,14 +33,9 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from data_pipelines import tiling  # noqa: E402
-from lmc_jax.stain import macenko, planar, reinhard, robust, vahadane  # noqa: E402
+from lmc_jax.stain import macenko, normalizers, planar, robust  # noqa: E402
 
 TILE = 224
-METHODS = {
-    "macenko": (macenko.fit, macenko.transform),
-    "reinhard": (reinhard.fit, reinhard.transform),
-    "vahadane": (vahadane.fit, vahadane.transform),
-}
 
 
 def slide_tiles(count: int) -> tuple[np.ndarray, np.ndarray]:
@@ -70,7 +65,8 @@ def median_rate(run: Callable[[], object], images: int, repeats: int) -> float:
 
 def ours(name: str, tiles: np.ndarray, reference: np.ndarray, batch: int, repeats: int) -> dict[str, object]:
     """Fit and compile times, images/s and the outputs of our method on all tiles."""
-    fit, transform = METHODS[name]
+    module = normalizers.get(name).module
+    fit, transform = module.fit, module.transform
     start = time.perf_counter()
     params = fit(reference)
     fit_seconds = time.perf_counter() - start
@@ -190,7 +186,7 @@ def main() -> None:
     print("| method | ours img/s | compile s | fit s | peer | peer img/s | ours / peer "
           "| mean abs diff vs peer (0-255) |")
     print("| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: |")
-    for name in METHODS:
+    for name in normalizers.NAMES:
         result = ours(name, tiles, reference, args.batch_size, args.repeats)
         head = f"| {name} | {result['rate']:.0f} | {result['compile_s']:.1f} | {result['fit_s']:.2f}"
         if name == "vahadane":

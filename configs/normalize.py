@@ -12,13 +12,17 @@ encoding of the files usually take longer than that.
         --config.reference=ref.png --config.input=DIR --config.output=DIR
 """
 
+import dataclasses
+
 import ml_collections
+
+from lmc_jax.stain import normalizers
 
 
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.mode = "normalize"
-    config.method = "macenko"  # macenko | reinhard | vahadane
+    config.method = "macenko"  # macenko | reinhard | vahadane (lmc_jax.stain.normalizers.NAMES)
     config.reference = ""  # reference tile (PNG/JPEG/TIFF), or a params JSON written by a previous run
     config.input = ""  # folder of tiles to normalize; never modified
     config.output = ""  # folder for the normalized tiles (same names); must not overlap config.input
@@ -29,30 +33,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.log = ""  # JSON log path; empty = <output>/normalize_log.json
     config.progress = True  # progress bar on stderr when it is a terminal
 
-    # Method hyper-parameters (the fields of MacenkoConfig / ReinhardConfig / VahadaneConfig)
-    config.macenko = ml_collections.ConfigDict()
-    config.macenko.io = 240.0  # background (transmitted light) intensity, 0-255
-    config.macenko.alpha = 1.0  # percent: H and E are the alpha / 100-alpha percentile angles
-    config.macenko.beta = 0.15  # OD threshold below which a pixel is transparent
-    config.macenko.max_percentile = 99.0  # concentration percentile used as each stain's maximum
-    config.macenko.min_tissue_fraction = 0.01  # fewer stained pixels → tile passed through, flagged no_tissue
-    config.macenko.min_stain_angle = 0.02  # radians; H and E closer than this → flagged degenerate
-
-    config.reinhard = ml_collections.ConfigDict()
-    config.reinhard.io = 240.0  # background intensity of the tissue check's optical density
-    config.reinhard.beta = 0.15  # tissue pixels have OD ≥ beta in every channel
-    config.reinhard.min_tissue_fraction = 0.01  # fewer tissue pixels → flagged no_tissue
-    config.reinhard.min_std = 0.05  # a Lab channel with a smaller std is flat → flagged degenerate
-
-    config.vahadane = ml_collections.ConfigDict()
-    config.vahadane.io = 255.0  # background intensity, 0-255 (StainTools' convention)
-    config.vahadane.beta = 0.15  # tissue pixels have OD ≥ beta in every channel
-    config.vahadane.regularizer = 0.1  # sparsity λ of the stain dictionary learning
-    config.vahadane.concentration_regularizer = 0.01  # sparsity λ of the per-pixel concentrations
-    config.vahadane.iterations = 30  # dictionary-learning alternations
-    config.vahadane.num_samples = 8192  # tissue pixels sampled per tile for the dictionary
-    config.vahadane.seed = 0  # seed of that sample (same seed → same output)
-    config.vahadane.max_percentile = 99.0
-    config.vahadane.min_tissue_fraction = 0.01
-    config.vahadane.min_stain_angle = 0.02
+    # Method hyper-parameters: config.<method> holds every field of that method's config dataclass
+    # (MacenkoConfig / ReinhardConfig / VahadaneConfig in lmc_jax/stain/<method>.py, where each
+    # default is written and commented once), e.g. --config.macenko.alpha=1.5
+    for name, normalizer in normalizers.NORMALIZERS.items():
+        config[name] = ml_collections.ConfigDict(dataclasses.asdict(normalizer.config_class()))
     return config

@@ -1,44 +1,41 @@
-"""`mode=normalize`: stain-normalize a folder of tiles to a reference with Macenko, Reinhard or Vahadane.
+"""`mode=normalize`: stain-normalize a folder of tiles to a reference with a registered normaliser.
 
 Same-size tiles go through the jitted batched transform together (one compile per tile size; the
 last batch is padded); each result is written under the same file name in the output folder, and
 the input folder is only read. Tiles flagged by the method (no tissue, degenerate estimate) are
 copied through byte for byte; corrupt or non-image files are skipped with one line each. Both are
-listed in a JSON log, with the params (which can serve as the reference of a later run).
+listed in a JSON log, with the params (which can serve as the reference of a later run). The
+methods are those of `lmc_jax.stain.normalizers` (macenko, reinhard, vahadane). Interface of a mode:
+`validate(config)` and `run(config, workdir=None)`; normalize writes only under config.output (and
+config.log), so it takes no workdir.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import pathlib
 import sys
 import time
 from collections.abc import Callable
-from types import ModuleType
 from typing import Any
 
 import ml_collections
 import numpy as np
 
-from lmc_jax.stain import macenko, reinhard, robust, tile_io, vahadane
+from lmc_jax.errors import UserError, require
+from lmc_jax.stain import normalizers, robust, tile_io
 
-METHODS: dict[str, tuple[ModuleType, type, type]] = {
-    "macenko": (macenko, macenko.MacenkoConfig, macenko.MacenkoParams),
-    "reinhard": (reinhard, reinhard.ReinhardConfig, reinhard.ReinhardParams),
-    "vahadane": (vahadane, vahadane.VahadaneConfig, vahadane.VahadaneParams),
-}
 LOG_NAME = "normalize_log.json"
 
 
-class NormalizeError(ValueError):
+class NormalizeError(UserError):
     """A normalize config value, reference or folder that cannot work."""
 
 
-def _require(condition: bool, key: str, value: Any, fix: str) -> None:
-    if not condition:
-        raise NormalizeError(f"config.{key}={value!r}: {fix}")
+_require = functools.partial(require, error=NormalizeError)  # NormalizeError("config.<key>=<value!r>: <fix>")
 
 
 def _overlap(first: pathlib.Path, second: pathlib.Path) -> bool:
@@ -46,9 +43,9 @@ def _overlap(first: pathlib.Path, second: pathlib.Path) -> bool:
     return first == second or first in second.parents or second in first.parents
 
 
-def method_config(config: ml_collections.ConfigDict) -> Any:
+def _method_config(config: ml_collections.ConfigDict) -> Any:
     """The dataclass config of config.method built from config.<method>, or NormalizeError naming the key."""
-    _, config_class, _ = METHODS[config.method]
+    config_class = normalizers.get(config.method).config_class
     values = dict(config[config.method].items()) if config.method in config else {}
     known = {field.name for field in dataclasses.fields(config_class)}
     unknown = sorted(set(values) - known)
@@ -62,7 +59,7 @@ def method_config(config: ml_collections.ConfigDict) -> Any:
 def validate(config: ml_collections.ConfigDict) -> None:
     """Raises NormalizeError naming the first bad value of a normalize config (nothing is read or written)."""
     _require(config.mode == "normalize", "mode", config.mode, "this config is for mode='normalize'")
-    _require(config.method in METHODS, "method", config.method, f"choose one of {sorted(METHODS)}")
+    _require(config.method in normalizers.NAMES, "method", config.method, f"choose one of {sorted(normalizers.NAMES)}")
     _require(bool(config.reference) and pathlib.Path(config.reference).is_file(), "reference", config.reference,
              "set it to a reference tile (PNG/JPEG/TIFF) or a params JSON from an earlier run")
     _require(bool(config.input) and pathlib.Path(config.input).is_dir(), "input", config.input,
@@ -80,24 +77,24 @@ def validate(config: ml_collections.ConfigDict) -> None:
              "must be a positive integer")
     _require(isinstance(config.jpeg_quality, int) and 1 <= config.jpeg_quality <= 100, "jpeg_quality",
              config.jpeg_quality, "must be an integer in 1..100")
-    method_config(config)
+    _method_config(config)
 
 
-def load_params(config: ml_collections.ConfigDict, settings: Any) -> Any:
+def _load_params(config: ml_collections.ConfigDict, settings: Any) -> Any:
     """Params fitted to the reference image, or read from a params JSON (or a previous run's log)."""
-    module, _, params_class = METHODS[config.method]
+    normalizer = normalizers.get(config.method)
     reference = pathlib.Path(config.reference)
     if reference.suffix.lower() == ".json":
         try:
             data = json.loads(reference.read_text())
-            return params_class.from_dict(data.get("params", data) if isinstance(data, dict) else data)
+            return normalizer.params_class.from_dict(data.get("params", data) if isinstance(data, dict) else data)
         except (OSError, json.JSONDecodeError, ValueError) as error:
             raise NormalizeError(f"config.reference={config.reference!r}: {error}") from None
     image = tile_io.read_rgb(reference)
     if isinstance(image, str):
         raise NormalizeError(f"config.reference={config.reference!r}: {image}; give a PNG/JPEG/TIFF tile.")
     try:
-        return module.fit(image, settings)
+        return normalizer.module.fit(image, settings)
     except ValueError as error:
         raise NormalizeError(f"config.reference={config.reference!r}: {error}") from None
 
@@ -151,18 +148,21 @@ def _flush(
             state.flagged.append({"file": str(relative), "flag": robust.FLAG_NAMES[int(flags[index])]})
 
 
-def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """Normalizes config.input into config.output; returns the summary that is also written as the JSON log."""
+def run(config: ml_collections.ConfigDict, workdir: str | None = None) -> dict[str, Any]:
+    """Normalizes config.input into config.output; returns the summary that is also written as the JSON log.
+
+    Validates `config` first; `workdir` is accepted for the uniform mode interface and unused.
+    """
     validate(config)
-    settings = method_config(config)
+    settings = _method_config(config)
     input_dir, output_dir = pathlib.Path(config.input), pathlib.Path(config.output)
     files = tile_io.list_files(input_dir, config.recursive)
     existing = [str(relative) for relative in files if (output_dir / relative).exists()]
     _require(config.overwrite or not existing, "overwrite", config.overwrite,
              f"{len(existing)} output file(s) already exist (e.g. {existing[:3]}); "
              "set it to True or choose an empty output folder")
-    params = load_params(config, settings)
-    module, _, _ = METHODS[config.method]
+    params = _load_params(config, settings)
+    module = normalizers.get(config.method).module
 
     def transform(batch: np.ndarray) -> tuple[Any, Any]:
         return module.transform(batch, params, settings)

@@ -1,4 +1,4 @@
-"""Tests for lmc_jax/stain/normalize_cli.py (mode=normalize): a folder in, same names out, input untouched, log."""
+"""Tests for lmc_jax/modes/normalize.py (mode=normalize): a folder in, same names out, input untouched, log."""
 
 import hashlib
 import json
@@ -10,7 +10,9 @@ import pytest
 from PIL import Image
 
 from configs import normalize as normalize_config
-from lmc_jax.stain import macenko, normalize_cli, robust
+from lmc_jax.errors import UserError
+from lmc_jax.modes import normalize as normalize_mode
+from lmc_jax.stain import macenko, robust
 from tests import stain_tiles
 
 
@@ -53,13 +55,13 @@ def _config(folder: pathlib.Path, output: str, **overrides):
 def test_normalizes_a_folder_and_leaves_the_input_untouched(folder, caplog):
     before = _snapshot(folder / "in")
     with caplog.at_level(logging.INFO):
-        summary = normalize_cli.run(_config(folder, "out"))
+        summary = normalize_mode.run(_config(folder, "out"))
     assert _snapshot(folder / "in") == before
     out = folder / "out"
     assert summary["counts"] == {"files": 10, "normalized": 7, "flagged": 1, "skipped": 2}
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["tile0.png", "tile1.png", "tile2.png", "tile3.png", "tile4.png", "small.jpg", "scan.tif", "glass.png",
-         normalize_cli.LOG_NAME])
+         normalize_mode.LOG_NAME])
     # PNG is lossless: the file holds exactly the batched transform of the decoded tile
     params = macenko.fit(np.asarray(Image.open(folder / "reference.png")))
     tile = np.asarray(Image.open(folder / "in" / "tile2.png"))
@@ -71,7 +73,7 @@ def test_normalizes_a_folder_and_leaves_the_input_untouched(folder, caplog):
                                   np.asarray(macenko.transform(np.asarray(Image.open(folder / "in" / "scan.tif"))[None],
                                                                params)[0][0]))
     assert (out / "glass.png").read_bytes() == (folder / "in" / "glass.png").read_bytes()
-    log = json.loads((out / normalize_cli.LOG_NAME).read_text())
+    log = json.loads((out / normalize_mode.LOG_NAME).read_text())
     assert log["flagged"] == [{"file": "glass.png", "flag": robust.FLAG_NAMES[robust.NO_TISSUE]}]
     assert {entry["file"] for entry in log["skipped"]} == {"broken.png", "notes.txt"}
     assert "cannot decode" in next(e["reason"] for e in log["skipped"] if e["file"] == "broken.png")
@@ -82,20 +84,21 @@ def test_normalizes_a_folder_and_leaves_the_input_untouched(folder, caplog):
 
 
 def test_recursive_mirrors_sub_folders_and_a_log_is_a_reference(folder):
-    first = normalize_cli.run(_config(folder, "out_recursive", method="reinhard", recursive=True))
+    first = normalize_mode.run(_config(folder, "out_recursive", method="reinhard", recursive=True))
     assert first["counts"]["normalized"] == 8 and (folder / "out_recursive" / "sub" / "deep.png").is_file()
-    again = normalize_cli.run(_config(folder, "out_again", method="reinhard", recursive=True,
-                                      reference=first["log"]))
+    again = normalize_mode.run(_config(folder, "out_again", method="reinhard", recursive=True,
+                                       reference=first["log"]))
     assert again["params"] == first["params"]
     for name in ("tile0.png", "sub/deep.png"):
         assert (folder / "out_again" / name).read_bytes() == (folder / "out_recursive" / name).read_bytes()
 
 
 def test_existing_outputs_need_overwrite(folder):
-    normalize_cli.run(_config(folder, "out_twice", method="reinhard"))
-    with pytest.raises(normalize_cli.NormalizeError, match="config.overwrite=False: 8 output file"):
-        normalize_cli.run(_config(folder, "out_twice", method="reinhard"))
-    again = normalize_cli.run(_config(folder, "out_twice", method="reinhard", overwrite=True))
+    normalize_mode.run(_config(folder, "out_twice", method="reinhard"), workdir=str(folder / "unused_workdir"))
+    assert not (folder / "unused_workdir").exists()
+    with pytest.raises(normalize_mode.NormalizeError, match="config.overwrite=False: 8 output file"):
+        normalize_mode.run(_config(folder, "out_twice", method="reinhard"))
+    again = normalize_mode.run(_config(folder, "out_twice", method="reinhard", overwrite=True))
     assert again["counts"]["normalized"] == 7
 
 
@@ -116,20 +119,21 @@ def test_validate_names_the_bad_key(folder, overrides, message):
     config = _config(folder, "never_written")
     for key, value in overrides.items():
         config[key] = str(folder / value) if key in ("reference", "input", "output") and value else value
-    with pytest.raises(normalize_cli.NormalizeError, match=message.replace("(", r"\(")):
-        normalize_cli.validate(config)
+    with pytest.raises(normalize_mode.NormalizeError, match=message.replace("(", r"\(")):
+        normalize_mode.validate(config)
+    assert issubclass(normalize_mode.NormalizeError, UserError)
     assert not (folder / "never_written").exists()
 
 
 def test_method_settings_and_reference_errors(folder):
     config = _config(folder, "never_written")
     config.macenko.alpha = 80.0
-    with pytest.raises(normalize_cli.NormalizeError, match=r"config.macenko: MacenkoConfig.alpha=80"):
-        normalize_cli.validate(config)
+    with pytest.raises(normalize_mode.NormalizeError, match=r"config.macenko: MacenkoConfig.alpha=80"):
+        normalize_mode.validate(config)
     glass = _config(folder, "never_written", reference=str(folder / "in" / "glass.png"))
-    with pytest.raises(normalize_cli.NormalizeError, match="glass.png.*no_tissue"):
-        normalize_cli.run(glass)
+    with pytest.raises(normalize_mode.NormalizeError, match="glass.png.*no_tissue"):
+        normalize_mode.run(glass)
     broken = _config(folder, "never_written", reference=str(folder / "in" / "broken.png"))
-    with pytest.raises(normalize_cli.NormalizeError, match="cannot decode"):
-        normalize_cli.run(broken)
+    with pytest.raises(normalize_mode.NormalizeError, match="cannot decode"):
+        normalize_mode.run(broken)
     assert not (folder / "never_written").exists()

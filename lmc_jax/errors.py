@@ -1,0 +1,20 @@
+"""The one base class of errors a user can fix (a bad config value, file or run directory), and `require`.
+
+`lmc_jax.main` prints such an error as one line, `error: <message>`, and exits non-zero; every
+message names the thing that is wrong and the fix. Anything else is a bug and keeps its traceback.
+`require` raises one in the shared form `config.<key>=<value!r>: <fix>`.
+"""
+
+
+class UserError(ValueError):
+    """A value, file or directory the user gave that cannot work; the message names it and the fix."""
+
+
+class ConfigError(UserError):
+    """A config value that cannot work."""
+
+
+def require(condition: bool, key: str, value, fix: str, error: type[UserError] = UserError) -> None:
+    """Raises `error("config.<key>=<value!r>: <fix>")` unless `condition` holds."""
+    if not condition:
+        raise error(f"config.{key}={value!r}: {fix}")
