@@ -9,6 +9,7 @@ from PIL import Image
 from sklearn.decomposition import PCA
 
 from lmc_jax.evaluate import figures, report
+from lmc_jax.evaluate.families import layout
 from lmc_jax.evaluate.settings import Settings
 from lmc_jax.evaluate.suite import MethodEmbeddings, evaluate_embeddings
 
@@ -81,7 +82,7 @@ def test_format_table_has_one_row_per_method_and_three_significant_digits(metric
     assert "top-1" not in table[0]  # no tile ids anywhere: column dropped
     fd = metrics["methods"]["lmc"]["summary"]["mean_unseen_fd"]
     assert table[2].startswith("| lmc |") and f"{fd:#.3g}" in table[2]
-    assert report._fmt(0.0037) == "0.00370" and report._fmt(25.71) == "25.7" and report._fmt(None) == "n/a"
+    assert layout.fmt(0.0037) == "0.00370" and layout.fmt(25.71) == "25.7" and layout.fmt(None) == "n/a"
 
 
 def test_pca_2d_matches_sklearn_up_to_sign():

@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 
 from lmc_jax.evaluate.settings import Settings
-from lmc_jax.evaluate.suite import PER_SITE, MethodEmbeddings, evaluate_embeddings
+from lmc_jax.evaluate.families import FAMILIES
+from lmc_jax.evaluate.suite import MethodEmbeddings, evaluate_embeddings
 
 SITES = ["src", "b", "c"]
+PER_SITE = tuple(k for f in FAMILIES if not f.optional for k in f.per_site_keys())  # every method's per-site keys
 D = 8
 FAST = Settings(bootstrap_replicates=60, protocol_folds=3, signature_folds=3, signature_lambdas=6,
                 signature_stability_rounds=2)

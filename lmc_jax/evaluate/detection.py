@@ -14,9 +14,6 @@ from scipy.spatial import cKDTree
 from lmc_jax.evaluate import bootstrap
 from lmc_jax.evaluate.bootstrap import Blocks, Estimate
 
-METRICS = ("detection_f1", "detection_precision", "detection_recall")
-BOUNDS = dict.fromkeys(METRICS, (0.0, 1.0))  # natural ranges, for clipping intervals
-
 
 class Detections(NamedTuple):
     """Per-row outcome of NMS and matching over ALL candidates of each image, before any threshold.

@@ -1,13 +1,12 @@
-"""One method's distances from the source site to every other site, with block-bootstrap intervals.
+"""Separation of every site from the source: FD/D, raw FD, class FD/D, sliced W2, MMD², same-tile top-1.
 
-Each site is given as its embeddings z-scored with the source site's statistics, its raw embeddings,
-labels, optional tile ids and its bootstrap `Blocks`. Each value returned is a `bootstrap.Estimate`,
-a plain float (reported without an interval) or a reason string (undefined).
+Each site is its embeddings z-scored with the source site's statistics (inputs.Site); FD, class FD and MMD
+resample source and target blocks jointly, sliced W2 and raw FD are reported without an interval.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import jax
@@ -15,22 +14,54 @@ import numpy as np
 
 from lmc_jax.evaluate import bootstrap, mmd, separation
 from lmc_jax.evaluate.bootstrap import Blocks, Estimate
+from lmc_jax.evaluate.families.inputs import Inputs, Site
+from lmc_jax.evaluate.families.layout import figures_present
+from lmc_jax.evaluate.families.spec import UNIT, Family, Intro, MetricSpec, Result, SummaryTable
 
-DISTANCES = ("fd", "fd_raw", "fd_class", "sliced_w2", "mmd", "top1")
-BOUNDS = {"fd": (0.0, np.inf), "fd_class": (0.0, np.inf), "top1": (0.0, 1.0)}  # natural ranges (MMD² may be < 0)
 NO_CI_RAW = "raw-scale value, reported for reference without an interval"
 NO_CI_SLICED = "no interval: each bootstrap draw would need a full re-sort of every projection"
+SECTION = "Separation and mixing per site"
+SUMMARY = SummaryTable("Separation from the source (means over unseen sites) and batch mixing (all sites)")
+_SUMMARY = ("mean_unseen",)
 
-
-@dataclass(frozen=True)
-class Site:
-    """One site's held-out rows."""
-
-    z: np.ndarray  # (n, D) z-scored with the source site's statistics
-    raw: np.ndarray  # (n, D)
-    labels: np.ndarray  # (n,)
-    tile_ids: np.ndarray | None  # (n,)
-    blocks: Blocks
+SPECS = (
+    MetricSpec(
+        "fd", "FD/D", "Fréchet distance ‖μ1−μ2‖²+Tr(Σ1+Σ2−2(Σ1Σ2)^½) between Gaussian fits of the source and the "
+        "site's held-out embeddings, both z-scored with the source held-out statistics (= squared W2 of the Gaussian "
+        "fits), divided by the embedding width D = the source's own total variance after z-scoring, so encoders of "
+        "different width and scale are comparable. Lower = closer to the source = more invariant.",
+        title="Fréchet distance / D to the source site (source-standardised embeddings; lower = closer)",
+        direction=-1, bounds=(0.0, np.inf), columns=_SUMMARY, console=_SUMMARY),
+    MetricSpec(
+        "fd_raw", "raw FD", "The same Fréchet distance on the raw embeddings; depends on the encoder's scale, not "
+        "comparable across methods (no interval).",
+        title="Fréchet distance on raw embeddings (scale-dependent; for reference only)",
+        direction=-1, no_interval=NO_CI_RAW, reference=True),
+    MetricSpec(
+        "fd_class", "class FD/D", "Class-conditional FD: mean over labels of the standardised FD / D between "
+        "same-label source and site embeddings (separates stain shift from label-mix shift).",
+        title="Class-conditional Fréchet distance / D to the source site",
+        direction=-1, bounds=(0.0, np.inf), columns=_SUMMARY),
+    MetricSpec(
+        "sliced_w2", "sliced W2", "Sliced 2-Wasserstein distance (not squared) between the standardised SAMPLES of "
+        "source and site, exact 1-D W2 along random unit directions, root-mean-square over directions; no Gaussian "
+        "assumption (no interval: every bootstrap draw would need a full re-sort).",
+        title="Sliced 2-Wasserstein distance to the source site (standardised samples)",
+        direction=-1, no_interval=NO_CI_SLICED, columns=_SUMMARY),
+    MetricSpec(
+        "mmd", "MMD²", "Unbiased squared maximum mean discrepancy (Gretton et al. 2012) with an RBF kernel "
+        "exp(−‖a−b‖²/2σ²) on standardised embeddings, σ = median pairwise distance among source embeddings (one "
+        "kernel per method, all sites); computed on a random subsample of eval.mmd_max_samples rows per site. Can be "
+        "slightly negative; 0 = same distribution.",
+        title="Unbiased RBF MMD² to the source site (standardised; median-heuristic kernel)",
+        direction=-1, columns=_SUMMARY, console=_SUMMARY),  # MMD² may be < 0: no bounds
+    MetricSpec(
+        "top1", "same-tile top-1", "Fraction of the site's tiles whose nearest source-site embedding (cosine, "
+        "standardised) is the same tile.",
+        title="Same-tile top-1 retrieval against the source site",
+        direction=1, bounds=UNIT, columns=_SUMMARY, console=_SUMMARY),
+)
+KEYS = tuple(s.key for s in SPECS)
 
 
 @dataclass(frozen=True)
@@ -113,11 +144,10 @@ def _top1(source: Site, target: Site) -> Estimate | str:
     return bootstrap.estimate(sub, lambda c: bootstrap.ratio(c @ sums[:, 0], c @ sums[:, 1]), "no query drawn")
 
 
-def site_distances(source: Site, targets: dict[str, Site], *, key: jax.Array, num_projections: int,
+def site_distances(source: Site, targets: Mapping[str, Site], *, key: jax.Array, num_projections: int,
                    min_n: int, mmd_max_samples: int, rng: np.random.Generator) -> dict[str, dict]:
     """{site: {distance: Estimate | float | reason}} for every target site (each with ≥ min_n rows).
 
-    FD, class FD and MMD resample source and target blocks jointly; sliced W2 and raw FD have no interval.
     Sliced W2 uses `key` (the same directions) for every site.
     """
     names, sites = list(targets), list(targets.values())
@@ -140,3 +170,28 @@ def site_distances(source: Site, targets: dict[str, Site], *, key: jax.Array, nu
             "top1": _top1(source, t),
         }
     return out
+
+
+def evaluate(inputs: Inputs) -> Result:
+    """Distances of every site from the source; the source itself and small sites get reasons."""
+    ctx, s = inputs.ctx, inputs.ctx.settings
+    if isinstance(inputs.sites, str):
+        return Result({n: dict.fromkeys(KEYS, inputs.sites) for n in ctx.site_names})
+    targets = {n: inputs.sites[i] for i, n in enumerate(ctx.site_names)
+               if i != ctx.source_id and inputs.size(i) >= s.min_site_samples}
+    distances = site_distances(inputs.sites[ctx.source_id], targets, key=ctx.key, num_projections=s.num_projections,
+                               min_n=s.min_site_samples, mmd_max_samples=s.mmd_max_samples, rng=ctx.rng(1))
+    per_site = {}
+    for i, n in enumerate(ctx.site_names):
+        if i == ctx.source_id:
+            per_site[n] = dict.fromkeys(KEYS, "reference site (its distance to itself is 0 by definition)")
+        else:
+            per_site[n] = distances.get(n) or dict.fromkeys(KEYS, ctx.too_few(inputs.size(i)))
+    return Result(per_site)
+
+
+def intro(metrics: Mapping, figure_names: Sequence[str]) -> Intro:
+    return Intro(figures=figures_present(("embeddings",), figure_names))
+
+
+FAMILY = Family("separation", SPECS, evaluate, section=SECTION, summary_table=SUMMARY, intro=intro)
