@@ -16,7 +16,15 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 
+from lmc_jax.errors import UserError
+
 CORRUPT_SUFFIX = ".unrestorable"
+
+
+def _first_line(error: Exception, limit: int = 300) -> str:
+    """An error's first line, cut to `limit` characters: orbax's tree mismatches print hundreds of lines."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return text if len(text) <= limit else text[:limit] + " …"
 
 
 def absolute(path: epath.PathLike) -> epath.Path:
@@ -25,8 +33,8 @@ def absolute(path: epath.PathLike) -> epath.Path:
     return epath.Path(text) if "://" in text else epath.Path(os.path.abspath(text))
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint directory that exists but cannot be used."""
+class CheckpointError(UserError):
+    """A run or checkpoint directory that is missing or cannot be used."""
 
 
 def abstract_like(tree: Any, shardings: Any | None = None) -> Any:
@@ -41,10 +49,12 @@ def abstract_like(tree: Any, shardings: Any | None = None) -> Any:
 class Checkpointer:
     """Save/restore of {state, data_iter, meta} under one directory, one subdirectory per step."""
 
-    def __init__(self, directory: epath.PathLike, *, max_to_keep: int = 3, async_save: bool = True):
+    def __init__(self, directory: epath.PathLike, *, max_to_keep: int = 3, async_save: bool = True,
+                 create: bool = True):
+        """`create=False` for readers: a missing directory is never made."""
         self.directory = absolute(directory)
         self._options = ocp.CheckpointManagerOptions(
-            max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save
+            max_to_keep=max_to_keep, create=create, enable_async_checkpointing=async_save
         )
         self._manager = ocp.CheckpointManager(self.directory, options=self._options)
 
@@ -84,7 +94,7 @@ class Checkpointer:
         except Exception as error:
             raise CheckpointError(
                 f"checkpoint {self.directory / str(step)} could not be restored ({type(error).__name__}: "
-                f"{error}). It was left untouched; pick another step or retrain."
+                f"{_first_line(error)}). It was left untouched; pick another step or retrain."
             ) from error
 
     def _restore(self, step: int, abstract_state: Any, data_iter: Any | None) -> tuple[Any, dict]:

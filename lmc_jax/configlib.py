@@ -1,31 +1,29 @@
-"""Checks a run config before anything is compiled: each bad value raises naming its key and the fix.
+"""Checks a train/evaluate config before anything is compiled: each bad value raises naming its key and the fix.
 
-Unknown keys are refused earlier, by the locked ConfigDict that `config_flags` loads.
+The one validation path of those modes (`config.eval`'s suite knobs through `Settings`). Unknown keys are
+refused earlier, by the locked ConfigDict that `config_flags` loads. Export and normalize configs are
+checked by their modes.
 """
 
 from __future__ import annotations
 
+import functools
+
 import ml_collections
 
-from lmc_jax.evaluate.extra_encoders import ExtraEncoderError, parse_specs
-from lmc_jax.experiment import TRAINED_REFERENCES
+from lmc_jax import errors, methods, objectives
+from lmc_jax.evaluate.extra_encoders import parse_specs
 from lmc_jax.evaluate.settings import Settings
 from lmc_jax.export.load import init_from_path
 from lmc_jax.models.vit import parse_variant
+from lmc_jax.stain.normalizers import NAMES as NORMALIZERS
 
-MODES = ("train", "evaluate")  # export and normalize have their own configs, validated by their modules
+MODES = ("train", "evaluate")
 DTYPES = ("float32", "bfloat16", "float16")
-REFERENCES = ("untrained", *TRAINED_REFERENCES)
-NORMALIZERS = ("macenko", "reinhard", "vahadane")
 
 
-class ConfigError(ValueError):
-    """A config value that cannot work."""
-
-
-def _require(condition: bool, key: str, value, fix: str) -> None:
-    if not condition:
-        raise ConfigError(f"config.{key}={value!r}: {fix}")
+ConfigError = errors.ConfigError
+_require = functools.partial(errors.require, error=ConfigError)
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -53,6 +51,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
              "must be ≥ 0")
     for name, value in config.lmc.stain.items():
         _require(value >= 0, f"lmc.stain.{name}", value, "strengths must be ≥ 0 (0 disables)")
+    _require(len(config.objectives) > 0 and set(config.objectives) <= set(objectives.TERMS), "objectives",
+             tuple(config.objectives), f"name one or more loss terms of {sorted(objectives.TERMS)}")
     dann = config.dann
     _require(dann.weight >= 0, "dann.weight", dann.weight, "must be ≥ 0 (the domain loss weight)")
     _require(dann.gamma > 0, "dann.gamma", dann.gamma, "must be > 0 (DANN uses 10)")
@@ -76,18 +76,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _require(config.checkpoint.every_steps > 0, "checkpoint.every_steps", config.checkpoint.every_steps,
              "must be a positive integer")
     _require(config.log_every_steps > 0, "log_every_steps", config.log_every_steps, "must be a positive integer")
-    unknown = set(config.eval.references) - set(REFERENCES)
+    unknown = set(config.eval.references) - set(methods.REFERENCES)
     _require(not unknown, "eval.references", tuple(config.eval.references), f"unknown {sorted(unknown)}; "
-             f"choose from {REFERENCES}")
+             f"choose from {methods.REFERENCES}")
     unknown = set(config.eval.normalizers) - set(NORMALIZERS)
     _require(not unknown, "eval.normalizers", tuple(config.eval.normalizers), f"unknown {sorted(unknown)}; "
              f"choose from {NORMALIZERS}")
     _require(config.eval.normalizer_fit_tiles > 0, "eval.normalizer_fit_tiles", config.eval.normalizer_fit_tiles,
              "must be a positive integer")
-    try:
-        parse_specs(config)
-    except ExtraEncoderError as error:
-        raise ConfigError(str(error)) from None
+    parse_specs(config, reserved=(*methods.METHODS, *config.eval.normalizers))
+    _require(isinstance(config.eval.use_ema, bool), "eval.use_ema", config.eval.use_ema, "must be True or False")
     _require(isinstance(config.eval.source_split, str) and bool(config.eval.source_split), "eval.source_split",
              config.eval.source_split, "name the TFDS split whose tiles fit the probes (e.g. 'train')")
     _require(len(config.eval.heldout_splits) > 0 and all(isinstance(s, str) and s for s in config.eval.heldout_splits),
@@ -97,10 +95,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
              "must be True or False")
     _require(config.eval.max_split_tiles >= 0, "eval.max_split_tiles", config.eval.max_split_tiles, "must be ≥ 0 (0 = all)")
     _require(config.eval.batch_size > 0, "eval.batch_size", config.eval.batch_size, "must be a positive integer")
-    try:
-        Settings.from_config(config.eval)
-    except (TypeError, ValueError) as error:
-        raise ConfigError(str(error)) from None
+    Settings.from_config(config.eval)
     try:
         init_from_path(config.init_from)
     except ValueError as error:

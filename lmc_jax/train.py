@@ -1,14 +1,13 @@
-"""LMC training: train state on a mesh, the jitted step, and the loop with checkpoints and logs.
+"""Training: train state on a mesh, the jitted step, and the loop with checkpoints and logs.
 
-With `config.dann.enabled` the same step trains the DANN baseline: Barlow Twins plus a domain head
-that sees the encoder features through gradient reversal (see `loss_and_metrics`).
+The step's loss is the sum of the terms `config.objectives` names (`lmc_jax.objectives`): LMC is the
+cross-correlation term alone, the DANN baseline adds the adversarial domain term.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import logging
 import time
 from typing import Any, Callable
@@ -22,21 +21,15 @@ import optax
 from flax import nnx
 
 from data_pipelines import input_pipeline
-from lmc_jax import parallel
-from lmc_jax.checkpoint import CheckpointError, Checkpointer, abstract_like
+from lmc_jax import objectives, parallel
+from lmc_jax.checkpoint import Checkpointer, abstract_like
 from lmc_jax.export.load import apply_init_from
-from lmc_jax.losses import dann_schedule, domain_adversarial_loss, grad_reverse, lmc_loss
 from lmc_jax.models.vit import build_model
 from lmc_jax.preemption import Preempted, PreemptionWatch
-from lmc_jax.stain.augment import StainAugConfig, make_views
 from lmc_jax.throughput import compiled_flops, mfu
 from lmc_jax.writers import MetricWriter
 
 State = dict[str, Any]  # {"step": int32, "params": pure dict, "opt_state": optax state[, "ema_params"]}
-
-DANN_RENDERING_STREAM = 0x44414E4E
-"""fold_in tag ("DANN") of the key of DANN's stain rendering: independent of the K views' keys (0 … K−1)."""
-
 
 @dataclasses.dataclass(frozen=True)
 class Trainer:
@@ -78,14 +71,10 @@ def make_optimizer(config: ml_collections.ConfigDict) -> tuple[optax.GradientTra
     return optax.chain(*parts), schedule
 
 
-def dann_enabled(config: ml_collections.ConfigDict) -> bool:
-    """Whether the run trains the DANN domain head; run configs written before DANN existed have no `dann` block."""
-    return "dann" in config and bool(config.dann.enabled)
-
-
 def _model_factory(config: ml_collections.ConfigDict) -> Callable[[], nnx.Module]:
-    head_dims = tuple(config.dann.hidden_dims) if dann_enabled(config) else None
-    return lambda: build_model(config.model, config.data.crop_size, seed=config.seed, domain_head_dims=head_dims)
+    """Encoder, projector and the heads of the run's objective terms, from the run's seed."""
+    heads = objectives.heads(config)
+    return lambda: build_model(config.model, config.data.crop_size, seed=config.seed, heads=heads)
 
 
 def make_trainer(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Trainer:
@@ -127,74 +116,31 @@ def abstract_state(trainer: Trainer) -> State:
     return abstract_like(jax.eval_shape(_init_fn(trainer)), trainer.state_shardings)
 
 
-def training_views(key: jax.Array, tiles: jax.Array, config: ml_collections.ConfigDict) -> jax.Array:
-    """The K views [K, B, C, C, 3] of uint8 tiles; with DANN, one training-family stain rendering is appended.
-
-    The rendering (index K) draws from key fold_in(key, DANN_RENDERING_STREAM), so the K views are the same
-    with and without DANN.
-    """
-    stain = StainAugConfig.from_config(config.lmc.stain) if config.lmc.stain_views else None
-    views = make_views(
-        key, tiles, num_views=config.lmc.num_views, crop_size=config.data.crop_size, stain=stain
-    )
-    if not dann_enabled(config):
-        return views
-    rendering = make_views(
-        jax.random.fold_in(key, DANN_RENDERING_STREAM), tiles, num_views=1, crop_size=config.data.crop_size,
-        stain=StainAugConfig.from_config(config.lmc.stain),
-    )
-    return jnp.concatenate([views, rendering])
-
-
-def domain_terms(
-    head: nnx.Module, source: jax.Array, shifted: jax.Array, reversal: jax.Array
-) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """DANN's domain loss: `head` tells source features [B, W] (label 0) from stain-shifted ones (label 1).
-
-    The head sees grad_reverse(features, reversal): it descends the loss, the encoder ascends it × reversal.
-    """
-    features = jnp.stack([source, shifted])  # [2, B, W]
-    labels = jnp.broadcast_to(jnp.arange(2, dtype=jnp.float32)[:, None], features.shape[:2])
-    logits = head(grad_reverse(features, reversal))
-    loss = domain_adversarial_loss(logits, labels)
-    accuracy = jnp.mean(((logits > 0) == (labels > 0.5)).astype(jnp.float32))
-    return loss, dict(dann_loss=loss, dann_lambda=jnp.asarray(reversal, jnp.float32), dann_accuracy=accuracy)
-
-
 def loss_and_metrics(
     params: dict,
     graphdef: nnx.GraphDef,
     tiles: jax.Array,
     key: jax.Array,
     config: ml_collections.ConfigDict,
-    step: jax.Array | int | None = None,
+    step: jax.Array | int,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """LMC loss of one global batch of uint8 tiles: K views on device → encoder → projector → loss.
-
-    With DANN, one encoder pass also embeds the stain rendering; view 0 (label 0) and the rendering
-    (label 1) feed the domain head through gradient reversal with λ_p = dann_schedule(step / num_steps),
-    and the loss adds dann.weight × the domain loss. `step` (traced) is needed only then.
-    """
-    if dann_enabled(config) and step is None:
-        raise ValueError("loss_and_metrics: config.dann.enabled needs the training step (step=) for λ_p")
-    views = training_views(key, tiles, config)
+    """The objective on one global batch of uint8 tiles: K views (+ the terms' renderings) on device → one
+    encoder pass → the sum of `config.objectives`' terms. `step` (traced) gives the progress p = step / num_steps
+    that scheduled terms (DANN's λ_p) read."""
+    views, counts = objectives.views(key, tiles, config)
     model = nnx.merge(graphdef, params)
-    if not dann_enabled(config):
-        return lmc_loss(model(views), config.lmc.off_diagonal_weight)
-    features = model.embed(views)  # [K + 1, B, W]
-    loss, terms = lmc_loss(model.projector(features[:-1]), config.lmc.off_diagonal_weight)
-    reversal = dann_schedule(jnp.asarray(step, jnp.float32) / config.num_steps, config.dann.gamma)
-    domain_loss, dann_metrics = domain_terms(model.domain_head, features[0], features[-1], reversal)
-    return loss + config.dann.weight * domain_loss, {**terms, **dann_metrics}
+    features = objectives.split_features(model.embed(views), config.lmc.num_views, counts)
+    progress = jnp.asarray(step, jnp.float32) / config.num_steps
+    return objectives.loss(model, features, progress, config)
 
 
 def _accumulated_grads(trainer: Trainer, params: dict, tiles: jax.Array, key: jax.Array,
-                       step: jax.Array | None = None):
+                       step: jax.Array | int):
     """Loss, terms and gradients averaged over `grad_accum_steps` micro-batches (one pass when 1).
 
     Micro-batch m takes every A-th example (strided), so each one stays spread over all devices.
     The cross-correlation is then normalised per micro-batch: the loss is the mean of micro-batch losses.
-    `step` (the state's, traced) reaches the loss for DANN's λ_p.
+    `step` (the state's, traced) reaches the loss for scheduled terms.
     """
     config = trainer.config
     grad_fn = jax.value_and_grad(
@@ -324,33 +270,3 @@ def train(config: ml_collections.ConfigDict, workdir: epath.PathLike, mesh: jax.
     return state
 
 
-def read_run_config(workdir: epath.PathLike) -> ml_collections.ConfigDict:
-    """The config a training run wrote to `workdir/config.json` (what rebuilds its model)."""
-    path = epath.Path(workdir) / "config.json"
-    if not path.is_file():
-        raise CheckpointError(f"{path} does not exist: expected the workdir of a training run "
-                              "(`python -m lmc_jax.main` writes config.json beside checkpoints/).")
-    return ml_collections.ConfigDict(json.loads(path.read_text()))
-
-
-def load_params(config: ml_collections.ConfigDict, workdir: epath.PathLike, mesh: jax.sharding.Mesh) -> tuple[
-    nnx.GraphDef, dict, int]:
-    """Newest checkpoint of a finished run: (graphdef, params, step); errors name the directory."""
-    directory = epath.Path(workdir) / "checkpoints"
-    trainer = make_trainer(config, mesh)
-    checkpointer = Checkpointer(directory, async_save=False)
-    steps = checkpointer.all_steps()
-    if not steps:
-        raise CheckpointError(
-            f"no checkpoint in {directory}: train first (python -m lmc_jax.main --config ... --workdir "
-            f"{epath.Path(workdir)}) or point eval.checkpoint at a trained workdir"
-        )
-    state, _ = checkpointer.restore(steps[-1], abstract_state(trainer))
-    checkpointer.close()
-    return trainer.graphdef, state["params"], steps[-1]
-
-
-def initial_params(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> tuple[nnx.GraphDef, dict]:
-    """Untrained parameters (the 'untrained' reference), same seed as training."""
-    trainer = make_trainer(config, mesh)
-    return trainer.graphdef, init_state(trainer)["params"]

@@ -39,7 +39,7 @@ def main(layout: str, out_path: str) -> None:
         state, metrics = step_fn(state, parallel.host_to_global({"image": batch}, mesh)["image"], base_key)
         losses.append(float(metrics["loss"]))
     tiles = parallel.host_to_global({"image": batches[3]}, mesh)["image"]
-    grads = jax.jit(jax.grad(lambda p: train.loss_and_metrics(p, trainer.graphdef, tiles, base_key, config)[0]))(
+    grads = jax.jit(jax.grad(lambda p: train.loss_and_metrics(p, trainer.graphdef, tiles, base_key, config, 3)[0]))(
         state["params"])
     flat = {}
     for prefix, tree in (("grad", grads), ("param", state["params"])):

@@ -1,10 +1,10 @@
-"""Tests for lmc_jax.evaluate.bootstrap: block construction, pairing across strata, intervals, combination."""
+"""Tests for lmc_jax.evaluate.kernels.bootstrap: block construction, pairing across strata, intervals, combination."""
 
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from lmc_jax.evaluate import bootstrap, probe
+from lmc_jax.evaluate.kernels import bootstrap, probe
 
 
 def test_groups_are_shared_blocks_across_strata_so_paired_rows_get_equal_weights():

@@ -171,6 +171,7 @@ def test_evaluation_reads_the_official_splits_and_their_sites(built, tmp_path):
     """The evaluation pipeline on a real data set's layout: site names from its metadata, the most frequent
     training centre as source, the other training centres left out of the unseen means."""
     from lmc_jax.evaluate import pipeline  # pylint: disable=import-outside-toplevel
+    from lmc_jax.methods import RAW_COLOUR, raw_colour_features  # pylint: disable=import-outside-toplevel
     from tests.tiny_config import tiny_config  # pylint: disable=import-outside-toplevel
 
     config = tiny_config()
@@ -183,9 +184,9 @@ def test_evaluation_reads_the_official_splits_and_their_sites(built, tmp_path):
     assert data.source_site == "center_0" and data.summary_exclude == ("center_3", "center_4")
     assert len(data.train["image"]) == 24 and len(data.heldout["image"]) == 12 + 12 + 12
     assert (data.source_train_images() == data.train["image"][data.train["site"] == 0]).all()
-    metrics, paths = pipeline.evaluate_encoders(config, {}, tmp_path)
+    metrics, paths = pipeline.evaluate_features(config, {RAW_COLOUR: raw_colour_features(config)}, tmp_path)
     assert metrics["source_site"] == "center_0" and metrics["sites"] == list(data.site_names)
-    assert set(metrics["methods"][pipeline.RAW_COLOUR]["per_site"]) == set(data.site_names)
+    assert set(metrics["methods"][RAW_COLOUR]["per_site"]) == set(data.site_names)
     assert (tmp_path / "report.md").is_file() and all(path.exists() for path in paths.values())
     config.eval.source_only = True
     only = pipeline.load_eval_data(config)

@@ -1,4 +1,4 @@
-"""Tests for lmc_jax.evaluate.calibration against scikit-learn (F1, balanced accuracy, Brier, AUC, calibration curve)."""
+"""Tests for lmc_jax.evaluate.kernels.calibration against scikit-learn (F1, balanced accuracy, Brier, AUC, calibration curve)."""
 
 import numpy as np
 import pytest
@@ -6,7 +6,7 @@ from sklearn.calibration import calibration_curve
 from sklearn.metrics import (balanced_accuracy_score, brier_score_loss, f1_score, precision_recall_curve,
                              roc_auc_score)
 
-from lmc_jax.evaluate import bootstrap, calibration, probe
+from lmc_jax.evaluate.kernels import bootstrap, calibration, probe
 
 
 def _predictions(seed: int, n: int = 300) -> tuple[np.ndarray, np.ndarray]:

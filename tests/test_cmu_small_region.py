@@ -12,7 +12,7 @@ import tensorflow_datasets as tfds
 
 from data_pipelines import tiling
 from data_pipelines.builders.cmu_small_region import Builder, CmuSmallRegionConfig, build_dataset
-from lmc_jax.stain import sites
+from data_pipelines import sites
 
 CROP = (1280, 640, 512, 768)  # y0, x0, height, width: dermis and epidermis, 4 x 6 regions of 128 px
 CROP_CONFIG = dict(name="crop32", description="test crop", tile_size=32, train_stride=16, region_size=128, crop=CROP)

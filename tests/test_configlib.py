@@ -30,6 +30,9 @@ def test_default_and_tiny_configs_are_valid():
         ("optimizer.warmup_steps", 100, "config.optimizer.warmup_steps"),
         ("eval.references", ("untrained", "imagenet"), "config.eval.references"),
         ("eval.normalizers", ("macenko", "staintools"), "config.eval.normalizers"),
+        ("objectives", ("cross_correlation", "supervised"), "config.objectives"),
+        ("objectives", (), "config.objectives"),
+        ("eval.use_ema", "yes", "config.eval.use_ema"),
     ],
 )
 def test_bad_values_name_their_key(key, value, message):

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from lmc_jax import parallel, train
+from lmc_jax import objectives, parallel, runs, train
+from lmc_jax.errors import UserError
 from lmc_jax.evaluate.embed import make_encoder
-from lmc_jax.experiment import reference_config
 from lmc_jax.losses import dann_schedule, domain_adversarial_loss
+from lmc_jax.methods import training_config
 from lmc_jax.models.vit import build_model
 from tests.conftest import TINY_BUILDER
 from tests.tiny_config import tiny_config
@@ -36,26 +37,30 @@ def dann_run(tiny_data_dir, tmp_path_factory):
     config.data.data_dir = str(tiny_data_dir)
     config.data.builder_config = TINY_BUILDER
     config.optimizer.grad_accum_steps = 2
-    ref = reference_config(config, "dann")
+    ref = training_config(config, "dann")
     workdir = tmp_path_factory.mktemp("run") / "references" / "dann"
     return ref, workdir, train.train(ref, workdir)
 
 
-def test_reference_config_turns_dann_on_only_for_dann():
+def test_training_config_adds_the_dann_term_only_for_dann():
     config = tiny_config()
-    config.dann.enabled = True  # even then, the geometric-only reference stays plain Barlow Twins
-    geometric, dann = reference_config(config, "geometric_only"), reference_config(config, "dann")
-    assert not geometric.lmc.stain_views and not geometric.dann.enabled
-    assert not dann.lmc.stain_views and dann.dann.enabled
-    assert not tiny_config().dann.enabled  # LMC itself trains without the domain head
-    with pytest.raises(ValueError, match="not a trained reference"):
-        reference_config(config, "imagenet")
+    config.objectives = ("cross_correlation", "dann")  # even then, the geometric-only reference stays Barlow Twins
+    geometric, dann = training_config(tiny_config(), "geometric_only"), training_config(config, "dann")
+    assert not geometric.lmc.stain_views and geometric.objectives == ("cross_correlation",)
+    assert not dann.lmc.stain_views and tuple(dann.objectives) == ("cross_correlation", "dann")
+    assert tiny_config().objectives == ("cross_correlation",)  # LMC itself trains without the domain head
+    assert training_config(config, "lmc").to_dict() == config.to_dict()
+    for name in ("imagenet", "untrained"):
+        with pytest.raises(UserError, match="not a trained method"):
+            training_config(config, name)
 
 
 def test_domain_head_is_added_without_changing_the_encoder_and_projector_start():
     config = tiny_config()
     plain = nnx.to_pure_dict(nnx.state(build_model(config.model, 24, seed=0), nnx.Param))
-    dann = nnx.to_pure_dict(nnx.state(build_model(config.model, 24, seed=0, domain_head_dims=(8,)), nnx.Param))
+    dann_config = training_config(config, "dann")
+    dann = nnx.to_pure_dict(nnx.state(build_model(config.model, 24, seed=0, heads=objectives.heads(dann_config)),
+                                      nnx.Param))
     assert set(plain) == {"encoder", "projector"}
     assert set(dann) == {"encoder", "projector", "domain_head"}
     for part in ("encoder", "projector"):
@@ -66,19 +71,19 @@ def test_domain_head_is_added_without_changing_the_encoder_and_projector_start()
 def test_reversal_flips_and_scales_only_the_encoders_domain_gradient():
     """∇(total, weight w) − ∇(total, weight 0) is the domain term's gradient through the reversal layer:
     −λ·w × the plain gradient on the encoder, +w × it on the head, nothing on the projector."""
-    config = reference_config(tiny_config(), "dann")
+    config = training_config(tiny_config(), "dann")
     trainer = train.make_trainer(config, parallel.make_mesh())
     params = nnx.to_pure_dict(nnx.state(train._model_factory(config)(), nnx.Param))
     tiles, key, step, weight = _tiles(), jax.random.key(3), 1, 2.0
 
     def total(p, w):
-        run = reference_config(tiny_config(), "dann")
+        run = training_config(tiny_config(), "dann")
         run.dann.weight = w
         return train.loss_and_metrics(p, trainer.graphdef, tiles, key, run, step=step)
 
     def plain_domain_loss(p):  # the same features and labels, no reversal
         model = nnx.merge(trainer.graphdef, p)
-        features = model.embed(train.training_views(key, tiles, config))
+        features = model.embed(objectives.views(key, tiles, config)[0])
         logits = model.domain_head(jnp.stack([features[0], features[-1]]))
         return domain_adversarial_loss(logits, jnp.broadcast_to(jnp.array([[0.0], [1.0]]), logits.shape))
 
@@ -99,11 +104,15 @@ def test_reversal_flips_and_scales_only_the_encoders_domain_gradient():
             np.testing.assert_allclose(g, e, atol=2e-4 * max(scale, 1e-3))
 
 
-def test_loss_needs_the_step_when_dann_is_on():
-    config = reference_config(tiny_config(), "dann")
-    graphdef, params = nnx.split(train._model_factory(config)(), nnx.Param)
-    with pytest.raises(ValueError, match="step"):
-        train.loss_and_metrics(nnx.to_pure_dict(params), graphdef, _tiles(), jax.random.key(0), config)
+def test_the_views_are_the_same_with_and_without_the_dann_rendering():
+    config, tiles, key = tiny_config(), _tiles(), jax.random.key(5)
+    config.lmc.stain_views = False
+    plain, counts = objectives.views(key, tiles, config)
+    with_dann, dann_counts = objectives.views(key, tiles, training_config(config, "dann"))
+    assert counts == {} and dann_counts == {"dann": 1}
+    np.testing.assert_array_equal(with_dann[: config.lmc.num_views], plain)
+    assert with_dann.shape[0] == config.lmc.num_views + 1
+    assert not np.allclose(with_dann[-1], with_dann[0])  # the rendering carries the stain family
 
 
 def test_dann_reference_logs_a_finite_domain_loss_and_growing_lambda(dann_run):
@@ -123,12 +132,13 @@ def test_dann_reference_logs_a_finite_domain_loss_and_growing_lambda(dann_run):
 def test_dann_reference_restores_from_its_workdir_and_embeds(dann_run):
     config, workdir, final = dann_run
     mesh = parallel.make_mesh()
-    graphdef, params, step = train.load_params(config, workdir, mesh)
-    assert step == config.num_steps
+    run = runs.load_run(workdir, mesh=mesh)
+    graphdef, params, step = run.graphdef, run.params, run.step
+    assert step == config.num_steps and run.weights == "raw"  # the run keeps no EMA
     assert "domain_head" in params
     for got, want in zip(_leaves(params), _leaves(final["params"]), strict=True):
         np.testing.assert_array_equal(got, want)
-    initial = train.initial_params(config, mesh)[1]
+    initial = runs.initial_params(config, mesh)[1]
     assert any(not np.array_equal(a, b) for a, b in zip(_leaves(params["domain_head"]),
                                                         _leaves(initial["domain_head"]), strict=True))
     embeddings = make_encoder(graphdef, params, config.data.crop_size, mesh)(np.asarray(_tiles()))

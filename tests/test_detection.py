@@ -1,4 +1,4 @@
-"""Tests for lmc_jax.evaluate.detection and its wiring into suite, pipeline and report (MIDOG replica end to end)."""
+"""Tests for lmc_jax.evaluate.kernels.detection and its wiring into suite, pipeline and report (MIDOG replica end to end)."""
 
 import dataclasses
 import json
@@ -11,11 +11,12 @@ from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import maximum_bipartite_matching
 
 from data_pipelines.builders.midog import MidogConfig, build_dataset
-from lmc_jax.evaluate import detection, pipeline
-from lmc_jax.evaluate.settings import Settings
+from lmc_jax.evaluate import pipeline
+from lmc_jax.evaluate.kernels import detection
 from lmc_jax.evaluate.suite import MethodEmbeddings, evaluate_embeddings
+from lmc_jax.methods import RAW_COLOUR, raw_colour_features
 from tests.test_builder_midog import make_replica
-from tests.tiny_config import tiny_config
+from tests.tiny_config import default_settings, tiny_config
 
 R = 30.0
 
@@ -223,7 +224,7 @@ def _method(seed: int = 0) -> MethodEmbeddings:
         heldout_coords=held["coords"], train_coords=train["coords"], tile_size=64)
 
 
-FAST = Settings(bootstrap_replicates=60, protocols=(), signature_folds=0, detection_radius=R)
+FAST = default_settings(bootstrap_replicates=60, protocols=(), signature_folds=0, detection_radius=R)
 
 
 def _evaluate(methods, settings=FAST):
@@ -319,13 +320,13 @@ def midog_eval(tmp_path_factory):
     ev.summary_exclude, ev.max_split_tiles, ev.detection_radius = (), 0, 30.0
     ev.protocols, ev.signature_folds = (), 0
     out = tmp_path_factory.mktemp("midog_eval")
-    return pipeline.evaluate_encoders(config, {}, out)
+    return pipeline.evaluate_features(config, {RAW_COLOUR: raw_colour_features(config)}, out)
 
 
 def test_midog_replica_reports_detection_per_scanner(midog_eval):
     metrics, paths = midog_eval
     assert json.loads(paths["metrics"].read_text("utf-8")) == metrics
-    raw = metrics["methods"][pipeline.RAW_COLOUR]
+    raw = metrics["methods"][RAW_COLOUR]
     scanners = ["hamamatsu_xr", "hamamatsu_s360", "aperio_cs2"]
     for scanner in scanners:  # 2 mitoses per test image; the painted nuclei make them easy to find
         assert raw["per_site"][scanner]["detection_f1"] >= 0.5, raw["per_site"][scanner]
@@ -335,7 +336,7 @@ def test_midog_replica_reports_detection_per_scanner(midog_eval):
     text = paths["report"].read_text("utf-8")
     assert "## Detection per site" in text and "Detection threshold" in text
     table = text.split("### Detection F1")[1].split("###")[0]
-    row = next(line for line in table.splitlines() if line.startswith(f"| {pipeline.RAW_COLOUR} |"))
+    row = next(line for line in table.splitlines() if line.startswith(f"| {RAW_COLOUR} |"))
     assert all(f"{raw['per_site'][s]['detection_f1']:#.3g}" in row for s in scanners)
     assert "hamamatsu_xr (source)" in table
     assert "<h2>Detection per site</h2>" in paths["html"].read_text("utf-8")

@@ -18,6 +18,7 @@ def sources(tmp_path):
     weights.write_bytes(b"")
     workdir = tmp_path / "run_a"
     (workdir / "checkpoints").mkdir(parents=True)
+    (workdir / "config.json").write_text(tiny_config().to_json())
     return weights, workdir
 
 
@@ -46,7 +47,7 @@ def _parse(*specs):
     config = tiny_config()
     config.model.variant = "mu/8"
     config.eval.extra_encoders = specs
-    return parse_specs(config)
+    return parse_specs(config, reserved=("lmc", "untrained"))
 
 
 def test_specs_must_exist_and_have_new_names(sources, tmp_path):
@@ -55,7 +56,8 @@ def test_specs_must_exist_and_have_new_names(sources, tmp_path):
     for specs, words in [((f"lmc=timm:{weights}",), "'lmc' is already used"),
                          ((f"timm:{weights}", f"uni={workdir}"), "'uni' is already used"),
                          ((f"timm:{tmp_path / 'missing.safetensors'}",), "does not exist"),
-                         ((str(tmp_path),), "not a training workdir"),
+                         ((str(tmp_path),), "expected the workdir of a training run"),
+                         ((f"untrained={workdir}",), "'untrained' is already used"),
                          (("timm:gs://bucket/model.safetensors",), "local file")]:
         with pytest.raises(ExtraEncoderError, match=f"entry {specs[-1]!r}: .*{words}"):
             _parse(*specs)

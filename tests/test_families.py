@@ -7,14 +7,15 @@ import jax
 import numpy as np
 import pytest
 
-from lmc_jax.evaluate import calibration, families, report, suite
-from lmc_jax.evaluate.bootstrap import Estimate
+from lmc_jax.evaluate import families, report, suite
+from lmc_jax.evaluate.kernels import calibration
+from lmc_jax.evaluate.kernels.bootstrap import Estimate
 from lmc_jax.evaluate.families.spec import SUMMARY_KINDS, MetricSpec
-from lmc_jax.evaluate.settings import Settings
 from lmc_jax.evaluate.suite import MethodEmbeddings, evaluate_embeddings
+from tests.tiny_config import default_settings
 
 SITES = ["src", "b", "c"]
-FAST = Settings(bootstrap_replicates=50, protocols=("cross_site",), protocol_folds=3, signature_folds=0,
+FAST = default_settings(bootstrap_replicates=50, protocols=("cross_site",), protocol_folds=3, signature_folds=0,
                 detection_radius=30.0, lisi_neighbors=15, kbet_neighbors=10)
 FAKE = MetricSpec("fake_rate", "fake rate", "A made-up per-site rate for these tests.", title="Fake rate per site",
                   direction=1, bounds=(0.0, 0.3), summary=("mean_unseen", "source"), columns=("mean_unseen",),

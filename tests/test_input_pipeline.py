@@ -11,7 +11,7 @@ import pytest
 
 from data_pipelines import input_pipeline
 from data_pipelines.builders.cmu_small_region import CmuSmallRegionConfig, build_dataset
-from lmc_jax.stain import sites
+from data_pipelines import sites
 
 TILE = 32
 

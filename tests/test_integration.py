@@ -1,4 +1,4 @@
-"""Tests for lmc_jax.evaluate.integration: exact kNN vs scikit-learn, silhouette vs scikit-learn, and
+"""Tests for lmc_jax.evaluate.kernels.integration: exact kNN vs scikit-learn, silhouette vs scikit-learn, and
 silhouette-batch / iLISI / kBET vs scib-metrics (a test-only dependency; those tests skip without it)."""
 
 import numpy as np
@@ -7,7 +7,7 @@ from scipy import stats
 from sklearn.metrics import silhouette_samples
 from sklearn.neighbors import NearestNeighbors
 
-from lmc_jax.evaluate import integration
+from lmc_jax.evaluate.kernels import integration
 
 
 def _data(seed: int, n: int = 600, batch_shift: float = 0.8) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

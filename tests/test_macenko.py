@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from lmc_jax.stain import color, macenko, robust, sites
+from data_pipelines import sites
+from lmc_jax.stain import color, macenko, robust
 from tests import stain_tiles
 
 @pytest.fixture(scope="module")

@@ -1,10 +1,10 @@
-"""Tests for lmc_jax.evaluate.mmd against a direct float64 numpy computation of the unbiased RBF MMD²."""
+"""Tests for lmc_jax.evaluate.kernels.mmd against a direct float64 numpy computation of the unbiased RBF MMD²."""
 
 import numpy as np
 import pytest
 from scipy.spatial.distance import cdist, pdist
 
-from lmc_jax.evaluate import mmd
+from lmc_jax.evaluate.kernels import mmd
 
 
 def _mmd2(x: np.ndarray, y: np.ndarray, sigma: float) -> float:

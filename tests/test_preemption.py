@@ -10,7 +10,7 @@ import time
 import jax
 import numpy as np
 
-from lmc_jax import parallel, train
+from lmc_jax import runs
 from lmc_jax.main import PREEMPTED_EXIT_CODE
 from tests.conftest import TINY_BUILDER
 from tests.tiny_config import tiny_config
@@ -63,10 +63,8 @@ def _steps_on_disk(workdir: pathlib.Path) -> list[int]:
     return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit()) if directory.exists() else []
 
 
-def _final_params(workdir, data_dir) -> list[np.ndarray]:
-    config = tiny_config()
-    config.data.data_dir, config.data.builder_config = str(data_dir), TINY_BUILDER
-    _, params, _ = train.load_params(config, workdir, parallel.make_mesh(devices=jax.devices()[:1]))
+def _final_params(workdir) -> list[np.ndarray]:
+    params = runs.load_run(workdir).params
     return [np.asarray(leaf) for leaf in jax.tree.leaves(jax.device_get(params))]
 
 
@@ -96,6 +94,6 @@ def test_sigkill_mid_run_then_restart_is_bit_identical(tiny_data_dir, tmp_path):
     assert max(_steps_on_disk(tmp_path / "killed")) < 30
     restarted = _start(tmp_path / "killed", overrides)
     assert restarted.wait(timeout=300) == 0, _tail(restarted)
-    for got, want in zip(_final_params(tmp_path / "killed", tiny_data_dir),
-                         _final_params(tmp_path / "reference", tiny_data_dir), strict=True):
+    for got, want in zip(_final_params(tmp_path / "killed"),
+                         _final_params(tmp_path / "reference"), strict=True):
         np.testing.assert_array_equal(got, want)

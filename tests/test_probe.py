@@ -1,11 +1,11 @@
-"""Tests for lmc_jax.evaluate.probe against sklearn (AUC exactly, logistic regression closely)."""
+"""Tests for lmc_jax.evaluate.kernels.probe against sklearn (AUC exactly, logistic regression closely)."""
 
 import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
-from lmc_jax.evaluate import bootstrap, probe
+from lmc_jax.evaluate.kernels import bootstrap, probe
 
 
 def _auc(y: np.ndarray, score: np.ndarray) -> float:

@@ -1,10 +1,10 @@
-"""Tests for lmc_jax.evaluate.protocol: patient-disjoint folds, who trains on what, and that no target label is used."""
+"""Tests for lmc_jax.evaluate.kernels.protocol: patient-disjoint folds, who trains on what, and that no target label is used."""
 
 import numpy as np
 import pytest
 
-from lmc_jax.evaluate import protocol
-from lmc_jax.evaluate.protocol import PROTOCOLS, group_folds, run_protocol
+from lmc_jax.evaluate.kernels import protocol
+from lmc_jax.evaluate.kernels.protocol import PROTOCOLS, group_folds, run_protocol
 
 DOMAINS = ["src", "b", "c"]
 

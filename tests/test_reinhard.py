@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from lmc_jax.stain import planar, reinhard, robust, sites
+from data_pipelines import sites
+from lmc_jax.stain import planar, reinhard, robust
 from tests import stain_tiles
 
 

@@ -10,8 +10,8 @@ from sklearn.decomposition import PCA
 
 from lmc_jax.evaluate import figures, report
 from lmc_jax.evaluate.families import layout
-from lmc_jax.evaluate.settings import Settings
 from lmc_jax.evaluate.suite import MethodEmbeddings, evaluate_embeddings
+from tests.tiny_config import default_settings
 
 SITES = ["scanner_a", "scanner_b", "ihc"]
 
@@ -35,7 +35,7 @@ def methods():
 
 @pytest.fixture(scope="module")
 def metrics(methods):
-    settings = Settings(bootstrap_replicates=50, protocol_folds=3, signature_folds=3, signature_lambdas=5,
+    settings = default_settings(bootstrap_replicates=50, protocol_folds=3, signature_folds=3, signature_lambdas=5,
                         signature_stability_rounds=0)
     return evaluate_embeddings(methods, site_names=SITES, source_site="scanner_a", key=jax.random.key(0),
                                settings=settings)

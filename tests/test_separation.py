@@ -1,11 +1,11 @@
-"""Tests for lmc_jax.evaluate.separation against float64 numpy/scipy references and closed forms."""
+"""Tests for lmc_jax.evaluate.kernels.separation against float64 numpy/scipy references and closed forms."""
 
 import jax
 import numpy as np
 import pytest
 from scipy import linalg
 
-from lmc_jax.evaluate import separation as sep
+from lmc_jax.evaluate.kernels import separation as sep
 
 
 def _random_gaussian(rng: np.random.Generator, d: int) -> tuple[np.ndarray, np.ndarray]:

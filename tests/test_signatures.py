@@ -1,10 +1,10 @@
-"""Tests for lmc_jax.evaluate.signatures: the L1 path against scikit-learn (saga), λ_max, CV choice, Jaccard, stability."""
+"""Tests for lmc_jax.evaluate.kernels.signatures: the L1 path against scikit-learn (saga), λ_max, CV choice, Jaccard, stability."""
 
 import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from lmc_jax.evaluate import signatures
+from lmc_jax.evaluate.kernels import signatures
 
 
 def _problem(seed: int, n: int = 300, d: int = 8, informative=(0, 1)) -> tuple[np.ndarray, np.ndarray]:

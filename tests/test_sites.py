@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from scipy import ndimage
 
 from data_pipelines import tiling
-from lmc_jax.stain import sites
+from data_pipelines import sites
 
 TRANSFORMS = tuple(name for name in sites.SITE_NAMES if name != "source")
 

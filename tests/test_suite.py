@@ -7,14 +7,14 @@ import jax
 import numpy as np
 import pytest
 
-from lmc_jax.evaluate.settings import Settings
 from lmc_jax.evaluate.families import FAMILIES
 from lmc_jax.evaluate.suite import MethodEmbeddings, evaluate_embeddings
+from tests.tiny_config import default_settings
 
 SITES = ["src", "b", "c"]
 PER_SITE = tuple(k for f in FAMILIES if not f.optional for k in f.per_site_keys())  # every method's per-site keys
 D = 8
-FAST = Settings(bootstrap_replicates=60, protocol_folds=3, signature_folds=3, signature_lambdas=6,
+FAST = default_settings(bootstrap_replicates=60, protocol_folds=3, signature_folds=3, signature_lambdas=6,
                 signature_stability_rounds=2)
 
 
@@ -139,7 +139,7 @@ def test_nan_embeddings_raise_naming_the_method():
 def test_bad_arguments_raise():
     m = _method(6, 0.5)
     with pytest.raises(ValueError, match="source_site 'x'"):
-        evaluate_embeddings({"m": m}, site_names=SITES, source_site="x", key=jax.random.key(0))
+        evaluate_embeddings({"m": m}, site_names=SITES, source_site="x", key=jax.random.key(0), settings=FAST)
     with pytest.raises(ValueError, match="heldout_sites must index"):
         _evaluate({"m": dataclasses.replace(m, heldout_sites=m.heldout_sites + 1)})
     with pytest.raises(ValueError, match="'m': heldout_labels must be binary"):

@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from lmc_jax import checkpoint, parallel, train
+from lmc_jax import checkpoint, parallel, runs, train
 from tests.conftest import TINY_BUILDER
 from tests.tiny_config import tiny_config
 
@@ -106,8 +106,13 @@ def test_explicit_restore_of_a_broken_step_names_the_directory(tiny_data_dir, tm
 
 
 def test_missing_checkpoint_is_a_clear_error(tiny_data_dir, tmp_path):
-    with pytest.raises(checkpoint.CheckpointError, match="no checkpoint"):
-        train.load_params(_config(tiny_data_dir), tmp_path, parallel.make_mesh())
+    config = _config(tiny_data_dir)
+    (tmp_path / "config.json").write_text(config.to_json())
+    with pytest.raises(checkpoint.CheckpointError, match="no checkpoints/"):
+        runs.load_run(tmp_path)
+    (tmp_path / "checkpoints").mkdir()
+    with pytest.raises(checkpoint.CheckpointError, match="no checkpoint in"):
+        runs.load_run(tmp_path / "checkpoints")
 
 
 def test_non_finite_metric_stops_with_step_and_name():
@@ -122,9 +127,9 @@ def test_gradient_accumulation_averages_strided_micro_batches(tiny_data_dir):
     params = train.init_state(trainer)["params"]
     tiles = jax.numpy.asarray(np.random.default_rng(0).integers(0, 256, (16, 32, 32, 3), dtype=np.uint8))
     key = jax.random.key(3)
-    (loss, _), grads = jax.jit(lambda p, t: train._accumulated_grads(trainer, p, t, key))(params, tiles)
+    (loss, _), grads = jax.jit(lambda p, t: train._accumulated_grads(trainer, p, t, key, 0))(params, tiles)
     grad_fn = jax.value_and_grad(train.loss_and_metrics, has_aux=True)
-    parts = [grad_fn(params, trainer.graphdef, tiles[m::2], jax.random.fold_in(key, m), config) for m in range(2)]
+    parts = [grad_fn(params, trainer.graphdef, tiles[m::2], jax.random.fold_in(key, m), config, 0) for m in range(2)]
     np.testing.assert_allclose(loss, (parts[0][0][0] + parts[1][0][0]) / 2, rtol=1e-5)
     want = jax.tree.map(lambda a, b: (a + b) / 2, parts[0][1], parts[1][1])
     scale = max(float(np.abs(leaf).max()) for leaf in jax.tree.leaves(want))

@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from scipy import optimize
 
-from lmc_jax.stain import color, robust, sites, vahadane
+from data_pipelines import sites
+from lmc_jax.stain import color, robust, vahadane
 from tests import stain_tiles
 
 FAST = vahadane.VahadaneConfig(iterations=20, num_samples=2048)

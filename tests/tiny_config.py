@@ -5,15 +5,27 @@ import os
 
 import ml_collections
 
+from lmc_jax.evaluate.settings import Settings
+
 _DEFAULT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "default.py")
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """configs/default.py's config, as the command line loads it."""
+    spec = importlib.util.spec_from_file_location("default_config", _DEFAULT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def default_settings(**overrides) -> Settings:
+    """The evaluation Settings of configs/default.py, with `overrides`."""
+    return Settings.from_config(default_config().eval, **overrides)
 
 
 def tiny_config() -> ml_collections.ConfigDict:
     """configs/default.py shrunk: ViT-mu/8, 32-px tiles (24-px views), batch 16, a few steps."""
-    spec = importlib.util.spec_from_file_location("default_config", _DEFAULT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
+    config = default_config()
     config.model.variant = "mu/8"
     config.model.projector_dims = (32, 32)
     config.data.tile_size = 32

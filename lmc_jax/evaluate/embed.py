@@ -6,13 +6,17 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from flax import nnx
 
 from lmc_jax import parallel
+from lmc_jax.errors import UserError
+from lmc_jax.runs import Run
 from lmc_jax.stain.augment import center_crop
 
 Encoder = Callable[[np.ndarray], np.ndarray]
+Features = Callable[[np.ndarray], np.ndarray]  # uint8 images [N, H, W, 3] → float32 embeddings [N, D], any N
 
 
 def make_encoder(graphdef: nnx.GraphDef, params: dict, crop_size: int, mesh: jax.sharding.Mesh) -> Callable:
@@ -45,6 +49,22 @@ def embed(encoder: Callable, images: np.ndarray, batch_size: int) -> np.ndarray:
     if not np.isfinite(result).all():
         raise FloatingPointError("encoder produced non-finite embeddings; the checkpoint may be corrupt")
     return result
+
+
+def encoder_features(graphdef: nnx.GraphDef, params: dict, crop_size: int, mesh: jax.sharding.Mesh,
+                     batch_size: int) -> Features:
+    """A model's encoder as a features function over any number of tiles, in padded batches of `batch_size`."""
+    encoder = make_encoder(graphdef, params, crop_size, mesh)
+    return lambda images: embed(encoder, images, batch_size)
+
+
+def run_features(run: Run, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Features:
+    """A loaded run's encoder over the evaluation tiles of `config` (which must hold the run's crop)."""
+    tile = config.data.tile_size
+    if run.crop_size > tile:
+        raise UserError(f"{run.directory} was trained on {run.crop_size} px crops; the evaluation tiles are only "
+                        f"{tile} px (config.data.tile_size): evaluate on tiles at least that large.")
+    return encoder_features(run.graphdef, run.params, run.crop_size, mesh, config.eval.batch_size)
 
 
 def colour_statistics(images: np.ndarray, crop_size: int) -> np.ndarray:

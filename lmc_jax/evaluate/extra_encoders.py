@@ -18,19 +18,18 @@ import jax
 import ml_collections
 from etils import epath
 
-from lmc_jax import train
-from lmc_jax.evaluate.embed import make_encoder
-from lmc_jax.evaluate.pipeline import RAW_COLOUR
+from lmc_jax import runs
+from lmc_jax.errors import ConfigError, UserError
+from lmc_jax.evaluate.embed import Features, encoder_features, run_features
 from lmc_jax.export.load import INIT_FROM_PREFIX, load_timm_weights, read_hub_config
 from lmc_jax.export.timm import TIMM_ARCHS, TimmWeightsError
 from lmc_jax.models.vit import SIZES, parse_variant
 
-class ExtraEncoderError(ValueError):
+
+class ExtraEncoderError(ConfigError):
     """An extra encoder that cannot be evaluated: the message names the entry and the fix."""
 
 
-LMC = "lmc"
-"""The table's name for the encoder trained in the evaluated workdir."""
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
 _TIMM_POOL = {"token": "cls", "avg": "mean"}
 
@@ -66,11 +65,6 @@ def parse_spec(spec: str) -> ExtraEncoder:
     return ExtraEncoder(name, kind, path)
 
 
-def reserved_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
-    """Method names the table already uses, which an extra encoder may not take."""
-    return (LMC, RAW_COLOUR, *config.eval.references, *config.eval.normalizers)
-
-
 def _check(extra: ExtraEncoder, config: ml_collections.ConfigDict, taken: set[str]) -> None:
     """The source exists, the name is new, and timm weights declare an architecture that fits data.crop_size."""
     if extra.name in taken:
@@ -80,20 +74,20 @@ def _check(extra: ExtraEncoder, config: ml_collections.ConfigDict, taken: set[st
         raise ExtraEncoderError(f"weights file {extra.path} does not exist.")
     if extra.kind == "timm":
         _crop_for(timm_model_config(pathlib.Path(extra.path), config.model), config, str(extra.path))
-    if extra.kind == "workdir" and not (extra.path / "checkpoints").is_dir():
-        raise ExtraEncoderError(f"{extra.path} is not a training workdir (no checkpoints/ inside); for timm weights "
-                                "write timm:/path/model.safetensors.")
+    if extra.kind == "workdir" and not (runs.run_directory(extra.path) / runs.CHECKPOINTS).is_dir():
+        raise ExtraEncoderError(f"{extra.path} is not a trained workdir (no {runs.CHECKPOINTS}/ inside); for timm "
+                                "weights write timm:/path/model.safetensors.")
 
 
-def parse_specs(config: ml_collections.ConfigDict) -> list[ExtraEncoder]:
-    """config.eval.extra_encoders parsed and checked (`_check`) before anything is trained or loaded; an
-    ExtraEncoderError names the entry."""
-    extras, taken = [], set(reserved_names(config))
+def parse_specs(config: ml_collections.ConfigDict, reserved: Iterable[str]) -> list[ExtraEncoder]:
+    """config.eval.extra_encoders parsed and checked (`_check`) before anything is trained or loaded; names in
+    `reserved` (the table's other methods) are refused. An ExtraEncoderError names the entry."""
+    extras, taken = [], set(reserved)
     for spec in config.eval.extra_encoders:
         try:
             extra = parse_spec(spec)
             _check(extra, config, taken)
-        except (ExtraEncoderError, TimmWeightsError) as error:
+        except (UserError, TimmWeightsError) as error:
             raise ExtraEncoderError(f"config.eval.extra_encoders entry {spec!r}: {error}") from None
         taken.add(extra.name)
         extras.append(extra)
@@ -137,24 +131,20 @@ def _crop_for(model: ml_collections.ConfigDict, config: ml_collections.ConfigDic
     return crop
 
 
-def load_encoder(extra: ExtraEncoder, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
-    """A uint8 tiles → embeddings function for one extra encoder (see the module docstring)."""
+def load(extra: ExtraEncoder, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> tuple[Features, dict]:
+    """(features, provenance) of one extra encoder (see the module docstring)."""
     if extra.kind == "workdir":
-        run = train.read_run_config(extra.path)
-        run.mesh.fsdp_min_size = config.mesh.fsdp_min_size
-        if run.data.crop_size > config.data.tile_size:
-            raise ExtraEncoderError(f"{extra.path} was trained on {run.data.crop_size} px crops; the evaluation tiles "
-                                    f"are only {config.data.tile_size} px.")
-        graphdef, params, step = train.load_params(run, extra.path, mesh)
-        logging.info("extra encoder %r: %s at step %d", extra.name, extra.path, step)
-        return make_encoder(graphdef, params, run.data.crop_size, mesh)
-    run = ml_collections.ConfigDict(config.to_dict())
-    run.model = timm_model_config(pathlib.Path(extra.path), config.model)
-    run.init_from = ""
-    crop = run.data.crop_size = _crop_for(run.model, config, str(extra.path))
-    graphdef, params = train.initial_params(run, mesh)
-    encoder = load_timm_weights(pathlib.Path(extra.path), run.model, crop)
+        run = runs.load_run(extra.path, use_ema=config.eval.use_ema, mesh=mesh)
+        logging.info("extra encoder %r: %s at step %d (%s weights)", extra.name, run.directory, run.step, run.weights)
+        return run_features(run, config, mesh), run.provenance()
+    model_config = ml_collections.ConfigDict(config.to_dict())
+    model_config.model = timm_model_config(pathlib.Path(extra.path), config.model)
+    model_config.init_from = ""
+    crop = model_config.data.crop_size = _crop_for(model_config.model, config, str(extra.path))
+    graphdef, params = runs.initial_params(model_config, mesh)
+    encoder = load_timm_weights(pathlib.Path(extra.path), model_config.model, crop)
     params = dict(params, encoder=jax.device_put(encoder, jax.tree.map(lambda p: p.sharding, params["encoder"])))
     logging.info("extra encoder %r: timm weights %s as ViT-%s (%s pool) on %d px centre crops", extra.name,
-                 extra.path, run.model.variant, run.model.pool, crop)
-    return make_encoder(graphdef, params, crop, mesh)
+                 extra.path, model_config.model.variant, model_config.model.pool, crop)
+    return (encoder_features(graphdef, params, crop, mesh, config.eval.batch_size),
+            {"weights": f"timm:{extra.path}", "architecture": f"ViT-{model_config.model.variant}"})

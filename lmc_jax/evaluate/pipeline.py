@@ -1,16 +1,15 @@
-"""Evaluates a set of encoders on the held-out sites of a data set and writes the report.
+"""Evaluates a set of methods on the held-out sites of a data set and writes the report.
 
-Encoders come in as functions uint8 tiles → embeddings, so a trained checkpoint, an untrained
-model and the raw-colour baseline are all evaluated the same way. Input transforms (stain
-normalisers fitted to a source reference) make further methods: "normaliser, then the same
-encoder", one dict entry each.
+Methods come in as features functions uint8 tiles → embeddings (`lmc_jax.methods` builds them), so a
+trained checkpoint, an untrained model, the raw-colour baseline and a normaliser in front of an
+encoder are all evaluated the same way.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import pathlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 
 import jax
 import ml_collections
@@ -18,11 +17,8 @@ import numpy as np
 
 from data_pipelines import input_pipeline
 from lmc_jax.evaluate import figures, report, suite
-from lmc_jax.evaluate.embed import colour_statistics, embed
+from lmc_jax.evaluate.embed import Features
 from lmc_jax.evaluate.settings import Settings
-
-RAW_COLOUR = "raw_colour_stats"
-Images = np.ndarray  # uint8 (N, H, W, 3)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,7 +96,7 @@ def _paired_tile_ids(heldout: dict) -> np.ndarray | None:
     return ids if len(np.unique(ids)) < len(ids) else None
 
 
-def method_embeddings(features: Callable[[Images], np.ndarray], train: dict, heldout: dict) -> suite.MethodEmbeddings:
+def method_embeddings(features: Features, train: dict, heldout: dict) -> suite.MethodEmbeddings:
     """Embeds both sets with one feature function; regions become the grouping key (and the image that tile
     coordinates refer to, for detection metrics)."""
     return suite.MethodEmbeddings(
@@ -119,52 +115,17 @@ def method_embeddings(features: Callable[[Images], np.ndarray], train: dict, hel
     )
 
 
-def _transformed(transform: Callable[[Images], Images], features: Callable[[Images], np.ndarray],
-                 name: str) -> Callable[[Images], np.ndarray]:
-    """features ∘ transform, checking the transform keeps uint8 images of the same shape."""
-    def apply(images: Images) -> np.ndarray:
-        out = np.asarray(transform(images))
-        if out.shape != images.shape or out.dtype != np.uint8:
-            raise ValueError(f"input transform {name!r} must map uint8 {images.shape} to uint8 of the same shape; "
-                             f"got {out.dtype} {out.shape}.")
-        return features(out)
-
-    return apply
-
-
-def feature_functions(config: ml_collections.ConfigDict, encoders: Mapping[str, Callable],
-                      input_transforms: Mapping[str, Callable[[Images], Images]] | None = None,
-                      transform_encoders: Sequence[str] | None = None) -> dict[str, Callable[[Images], np.ndarray]]:
-    """Method name → uint8 images → embeddings: every encoder, the raw-colour baseline, and each input
-    transform in front of each encoder in `transform_encoders` (None = all), named f"{transform}+{encoder}"."""
-    batch = config.eval.batch_size
-    methods = {name: (lambda images, enc=encoder: embed(enc, images, batch)) for name, encoder in encoders.items()}
-    methods[RAW_COLOUR] = lambda images: colour_statistics(images, config.data.crop_size)
-    chosen = list(encoders) if transform_encoders is None else list(transform_encoders)
-    unknown = sorted(set(chosen) - set(encoders))
-    if unknown:
-        raise ValueError(f"transform_encoders names {unknown}, which are not among the encoders {sorted(encoders)}.")
-    for t_name, transform in (input_transforms or {}).items():
-        for e_name in chosen:
-            methods[f"{t_name}+{e_name}"] = _transformed(transform, methods[e_name], t_name)
-    return methods
-
-
-def evaluate_encoders(
-    config: ml_collections.ConfigDict, encoders: dict[str, Callable], out_dir: pathlib.Path, *,
-    input_transforms: Mapping[str, Callable[[Images], Images]] | None = None,
-    transform_encoders: Sequence[str] | None = None,
-    data: EvalData | None = None,
+def evaluate_features(
+    config: ml_collections.ConfigDict, features: Mapping[str, Features], out_dir: pathlib.Path, *,
+    data: EvalData | None = None, provenance: Mapping[str, dict] | None = None,
 ) -> tuple[dict, dict[str, pathlib.Path]]:
-    """Embeds the evaluation data with every method (encoders, raw colour, transforms + encoders), writes `out_dir`.
+    """Embeds the evaluation data with every method's features function, scores them, writes `out_dir`.
 
-    `input_transforms` maps a name to a uint8 → uint8 image function (e.g. a stain normaliser fitted to
-    the source site); each runs in front of the encoders named in `transform_encoders` (None = all).
-    `data` is `load_eval_data(config)` when the caller has it already.
+    `data` is `load_eval_data(config)` when the caller has it already; `provenance` (method → which run,
+    step and weights) is recorded in metrics.json under "encoders" and in the report.
     """
     data = data or load_eval_data(config)
-    methods = {name: method_embeddings(f, data.train, data.heldout)
-               for name, f in feature_functions(config, encoders, input_transforms, transform_encoders).items()}
+    methods = {name: method_embeddings(f, data.train, data.heldout) for name, f in features.items()}
     metrics = suite.evaluate_embeddings(
         methods,
         site_names=data.site_names,
@@ -173,6 +134,8 @@ def evaluate_encoders(
         settings=Settings.from_config(config.eval),
         summary_exclude=data.summary_exclude,
     )
+    if provenance:
+        metrics["encoders"] = {name: dict(provenance[name]) for name in methods if name in provenance}
     projections = {name: figures.Projection(figures.pca_2d(m.heldout), m.heldout_sites, m.heldout_labels)
                    for name, m in methods.items()}
     paths = report.write_report(metrics, out_dir, projections=projections)

@@ -135,6 +135,18 @@ def _family_sections(metrics: Mapping, figure_names: list[str], shown: list[Fami
     return sections
 
 
+def _encoders_section(metrics: Mapping) -> list[Section]:
+    """Which weights each method scored (run, step, EMA or raw), when the caller recorded it."""
+    encoders = metrics.get("encoders")
+    if not encoders:
+        return []
+    rows = [[name, str(e.get("run", "—")), str(e.get("step", "—")), str(e.get("weights", "—"))]
+            for name, e in encoders.items()]
+    return [Section("Encoders", ["The weights each row scored: ema = the exponential moving average of the "
+                                 "weights (optimizer.ema_decay > 0 and eval.use_ema), raw = the optimiser's."],
+                    [Table("", ["method", "run", "step", "weights"], rows)], [], [])]
+
+
 def build_sections(metrics: Mapping, figure_names: list[str]) -> list[Section]:
     """The report's content, independent of the output format."""
     shown = [f for f in families.FAMILIES if f.ran(metrics)]
@@ -143,6 +155,7 @@ def build_sections(metrics: Mapping, figure_names: list[str]) -> list[Section]:
                      f"{'groups (patients/regions) shared across sites' if boot['unit'] == 'group' else 'examples'}"
                      f", at most {boot['max_blocks']} blocks per resample.")
     sections = [Section("Summary", [HOW_TO_READ, interval_text], _summary_tables(metrics, shown), [], [])]
+    sections += _encoders_section(metrics)
     sections += _family_sections(metrics, list(figure_names), shown)
     sections.append(Section("Definitions", [], [], [], [f"**{k}**: {v}" for k, v in metrics["notes"].items()]))
     undefined = _undefined_lines(metrics)

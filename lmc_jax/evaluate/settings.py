@@ -1,11 +1,15 @@
-"""The evaluation knobs (config.eval.*) as one validated, frozen value passed through the suite."""
+"""The evaluation knobs (config.eval.*) as one validated, frozen value passed through the suite.
+
+Built from the config only (`from_config`): the defaults live in configs/default.py, nowhere else.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
 
-from lmc_jax.evaluate.protocol import PROTOCOLS
+from lmc_jax.errors import ConfigError
+from lmc_jax.evaluate.kernels.protocol import PROTOCOLS
 
 BOOTSTRAP_UNITS = ("group", "example")
 
@@ -14,25 +18,25 @@ BOOTSTRAP_UNITS = ("group", "example")
 class Settings:
     """Every number the evaluation suite needs beyond the embeddings; names match config.eval keys."""
 
-    min_site_samples: int = 10  # a site with fewer held-out examples gets undefined distances/AUC
-    num_projections: int = 256  # sliced-W2 random directions
-    probe_l2: float = 1e-2  # L2 strength of the logistic probe
-    probe_val_fraction: float = 0.2  # share of the source train set (whole groups) kept to pick the F1 threshold
-    ece_bins: int = 15  # equal-width probability bins of the ECE and the reliability diagrams
-    bootstrap_replicates: int = 200  # 0 disables confidence intervals
-    bootstrap_blocks: int = 100  # at most this many resampling blocks per domain (units merged at random above)
-    bootstrap_unit: str = "group"  # resample whole groups (patients/regions) when known, else examples
-    mmd_max_samples: int = 2000  # per domain, random subsample for the quadratic-time MMD
-    integration_max_samples: int = 10_000  # over all sites, stratified subsample for silhouette/iLISI/kBET
-    lisi_neighbors: int = 90  # scib-metrics' default k for iLISI (perplexity k // 3)
-    kbet_neighbors: int = 50  # scib-metrics' default k for kBET
-    kbet_alpha: float = 0.05  # kBET test level
-    protocols: tuple[str, ...] = PROTOCOLS  # which transfer protocols to run ("cross_site", "leave_one_domain_out")
-    protocol_folds: int = 5  # patient-disjoint folds of the protocols
-    signature_folds: int = 5  # grouped CV folds choosing the L1 strength of the sparse signature; 0 skips signatures
-    signature_lambdas: int = 20  # points on the L1 path (λ_max down to λ_max / 100)
-    signature_stability_rounds: int = 20  # half-sample refits for selection frequencies; 0 disables
-    detection_radius: float = 0.0  # px; > 0 adds point-detection F1 per site (30.0 = MIDOG's 7.5 µm at 0.25 µm/px)
+    min_site_samples: int  # a site with fewer held-out examples gets undefined distances/AUC
+    num_projections: int  # sliced-W2 random directions
+    probe_l2: float  # L2 strength of the logistic probe
+    probe_val_fraction: float  # share of the source train set (whole groups) kept to pick the F1 threshold
+    ece_bins: int  # equal-width probability bins of the ECE and the reliability diagrams
+    bootstrap_replicates: int  # 0 disables confidence intervals
+    bootstrap_blocks: int  # at most this many resampling blocks per domain (units merged at random above)
+    bootstrap_unit: str  # resample whole groups (patients/regions) when known, else examples
+    mmd_max_samples: int  # per domain, random subsample for the quadratic-time MMD
+    integration_max_samples: int  # over all sites, stratified subsample for silhouette/iLISI/kBET
+    lisi_neighbors: int  # scib-metrics' default k for iLISI (perplexity k // 3)
+    kbet_neighbors: int  # scib-metrics' default k for kBET
+    kbet_alpha: float  # kBET test level
+    protocols: tuple[str, ...]  # which transfer protocols to run ("cross_site", "leave_one_domain_out")
+    protocol_folds: int  # patient-disjoint folds of the protocols
+    signature_folds: int  # grouped CV folds choosing the L1 strength of the sparse signature; 0 skips signatures
+    signature_lambdas: int  # points on the L1 path (λ_max down to λ_max / 100)
+    signature_stability_rounds: int  # half-sample refits for selection frequencies; 0 disables
+    detection_radius: float  # px; > 0 adds point-detection F1 per site (30.0 = MIDOG's 7.5 µm at 0.25 µm/px)
 
     def __post_init__(self) -> None:
         checks = {
@@ -60,14 +64,23 @@ class Settings:
         }
         for key, (ok, fix) in checks.items():
             if not ok:
-                raise ValueError(f"config.eval.{key}={getattr(self, key)!r}: {fix}")
+                raise ConfigError(f"config.eval.{key}={getattr(self, key)!r}: {fix}")
 
     @classmethod
-    def from_config(cls, eval_config: Mapping) -> Settings:
-        """Settings from config.eval; keys it lacks keep their defaults, other keys there are ignored."""
-        values = {f.name: eval_config.get(f.name, f.default) for f in dataclasses.fields(cls)}
+    def from_config(cls, eval_config: Mapping, **overrides) -> Settings:
+        """Settings from config.eval (other keys there are ignored), with `overrides` replacing some; a key it
+        lacks raises ConfigError naming it."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        missing = [name for name in names if name not in eval_config and name not in overrides]
+        if missing:
+            raise ConfigError(f"config.eval lacks {missing}: start from configs/default.py's config")
+        values = {name: overrides.get(name, eval_config.get(name)) for name in names}
         values["protocols"] = tuple(values["protocols"])
         return cls(**values)
+
+    def replace(self, **changes) -> Settings:
+        """A copy with some knobs changed (validated again)."""
+        return dataclasses.replace(self, **changes)
 
     def to_json(self) -> dict:
         """The settings as a JSON-ready dict (recorded in metrics.json)."""

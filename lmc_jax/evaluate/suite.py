@@ -15,8 +15,9 @@ from collections.abc import Mapping, Sequence
 import jax
 import numpy as np
 
-from lmc_jax.evaluate import bootstrap, families
-from lmc_jax.evaluate.bootstrap import Estimate
+from lmc_jax.evaluate import families
+from lmc_jax.evaluate.kernels import bootstrap
+from lmc_jax.evaluate.kernels.bootstrap import Estimate
 from lmc_jax.evaluate.families.inputs import Context, Inputs, MethodEmbeddings
 from lmc_jax.evaluate.families.spec import SUMMARY_KINDS, Family, MetricSpec, Result
 from lmc_jax.evaluate.settings import Settings
@@ -145,7 +146,7 @@ def evaluate_embeddings(
     site_names: Sequence[str],
     source_site: str,
     key: jax.Array,
-    settings: Settings = Settings(),
+    settings: Settings,
     summary_exclude: Sequence[str] = (),
 ) -> dict:
     """Per method and site, every family in families.FAMILIES: separation from the source (FD, class FD, raw FD,

@@ -16,6 +16,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from lmc_jax.errors import UserError
 from lmc_jax.models.vit import IMAGE_MEAN, IMAGE_STD, ViT, parse_variant
 
 LAYER_NORM_EPS = 1e-6  # our ViT and timm's ViT both use this
@@ -51,7 +52,7 @@ _LAYER_SCALE = re.compile(r"^blocks\.(\d+)\.ls([12])\.gamma$")
 _BLOCK = re.compile(r"^blocks\.(\d+)\.")
 
 
-class TimmWeightsError(ValueError):
+class TimmWeightsError(UserError):
     """Weights that do not fit the configured ViT; the message names the key, shapes and file."""
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -217,13 +218,14 @@ class DomainHead(nnx.Module):
 
 
 class LMCModel(nnx.Module):
-    """Encoder + projector (+ `domain_head`, DANN only): what training updates; embedding keeps `encoder` only."""
+    """Encoder + projector (+ the heads the objective's terms train): what training updates; embedding keeps
+    `encoder` only."""
 
-    def __init__(self, encoder: ViT, projector: Projector, domain_head: DomainHead | None = None):
+    def __init__(self, encoder: ViT, projector: Projector, heads: Mapping[str, nnx.Module] | None = None):
         self.encoder = encoder
         self.projector = projector
-        if domain_head is not None:  # absent otherwise, so LMC's graph and checkpoints stay as they were
-            self.domain_head = domain_head
+        for name, head in (heads or {}).items():  # absent without such a term: LMC's checkpoints stay as they were
+            setattr(self, name, head)
 
     def embed(self, views: jax.Array) -> jax.Array:
         """Views [K, B, H, W, 3] → encoder features [K, B, width], all views in one encoder pass."""
@@ -235,12 +237,15 @@ class LMCModel(nnx.Module):
         return self.projector(self.embed(views))
 
 
-def build_model(
-    model_config, image_size: int, *, seed: int, domain_head_dims: tuple[int, ...] | None = None
-) -> LMCModel:
-    """Encoder + projector from `config.model`; with `domain_head_dims` (DANN's hidden widths) also a domain head.
+HeadFactory = Callable[[int, jnp.dtype, nnx.Rngs], nnx.Module]
 
-    The head is created after the projector, so encoder and projector start from the same weights either way.
+
+def build_model(
+    model_config, image_size: int, *, seed: int, heads: Mapping[str, HeadFactory] | None = None
+) -> LMCModel:
+    """Encoder + projector from `config.model`, then each head `heads` names (factory(width, dtype, rngs)).
+
+    Heads are created after the projector, so encoder and projector start from the same weights either way.
     """
     rngs = nnx.Rngs(params=seed)
     dtype = jnp.dtype(model_config.dtype)
@@ -253,6 +258,4 @@ def build_model(
         rngs=rngs,
     )
     projector = Projector(encoder.width, tuple(model_config.projector_dims), dtype=dtype, rngs=rngs)
-    if domain_head_dims is None:
-        return LMCModel(encoder, projector)
-    return LMCModel(encoder, projector, DomainHead(encoder.width, tuple(domain_head_dims), dtype=dtype, rngs=rngs))
+    return LMCModel(encoder, projector, {name: make(encoder.width, dtype, rngs) for name, make in (heads or {}).items()})

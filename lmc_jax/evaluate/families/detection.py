@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from lmc_jax.evaluate import detection, probe
+from lmc_jax.evaluate.kernels import detection, probe
 from lmc_jax.evaluate.families.inputs import Inputs, MethodEmbeddings
 from lmc_jax.evaluate.families.layout import Table, fmt
 from lmc_jax.evaluate.families.probe import SUMMARY

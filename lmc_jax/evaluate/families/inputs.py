@@ -10,9 +10,9 @@ from functools import cached_property
 import jax
 import numpy as np
 
-from lmc_jax.evaluate import bootstrap, probe, transfer
-from lmc_jax.evaluate.bootstrap import Blocks
-from lmc_jax.evaluate.separation import standardize
+from lmc_jax.evaluate.kernels import bootstrap, probe, transfer
+from lmc_jax.evaluate.kernels.bootstrap import Blocks
+from lmc_jax.evaluate.kernels.separation import standardize
 from lmc_jax.evaluate.settings import Settings
 
 

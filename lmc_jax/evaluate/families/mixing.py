@@ -12,8 +12,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from lmc_jax.evaluate import bootstrap, integration
-from lmc_jax.evaluate.bootstrap import Blocks, Estimate
+from lmc_jax.evaluate.kernels import bootstrap, integration
+from lmc_jax.evaluate.kernels.bootstrap import Blocks, Estimate
 from lmc_jax.evaluate.families.inputs import Inputs
 from lmc_jax.evaluate.families.separation import SECTION, SUMMARY
 from lmc_jax.evaluate.families.spec import UNIT, Family, Intro, MetricSpec, Result

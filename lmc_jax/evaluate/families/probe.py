@@ -7,8 +7,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from lmc_jax.evaluate import bootstrap, calibration
-from lmc_jax.evaluate.bootstrap import Blocks, Estimate
+from lmc_jax.evaluate.kernels import bootstrap, calibration
+from lmc_jax.evaluate.kernels.bootstrap import Blocks, Estimate
 from lmc_jax.evaluate.families.inputs import Inputs
 from lmc_jax.evaluate.families.layout import Table, figures_present, fmt
 from lmc_jax.evaluate.families.spec import UNIT, Family, Intro, MetricSpec, Result, SummaryTable

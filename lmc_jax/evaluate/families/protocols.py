@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from lmc_jax.evaluate import protocol
+from lmc_jax.evaluate.kernels import protocol
 from lmc_jax.evaluate.families import probe as probe_family
 from lmc_jax.evaluate.families.inputs import Inputs
 from lmc_jax.evaluate.families.layout import Section, Table, cell

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import jax
 import numpy as np
 
-from lmc_jax.evaluate import bootstrap, mmd, separation
-from lmc_jax.evaluate.bootstrap import Blocks, Estimate
+from lmc_jax.evaluate.kernels import bootstrap, mmd, separation
+from lmc_jax.evaluate.kernels.bootstrap import Blocks, Estimate
 from lmc_jax.evaluate.families.inputs import Inputs, Site
 from lmc_jax.evaluate.families.layout import figures_present
 from lmc_jax.evaluate.families.spec import UNIT, Family, Intro, MetricSpec, Result, SummaryTable

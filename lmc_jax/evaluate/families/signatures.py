@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from lmc_jax.evaluate import signatures
+from lmc_jax.evaluate.kernels import signatures
 from lmc_jax.evaluate.families.inputs import Inputs
 from lmc_jax.evaluate.families.layout import Section, Table, figures_present, fmt
 from lmc_jax.evaluate.families.spec import Family, Result

@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from lmc_jax.evaluate.bootstrap import Estimate
+from lmc_jax.evaluate.kernels.bootstrap import Estimate
 from lmc_jax.evaluate.families.layout import Section, Table
 
 # Summary value kinds, in the order metrics.json writes them: the mean over unseen sites, the source site's

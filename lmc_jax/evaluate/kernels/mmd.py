@@ -10,8 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lmc_jax.evaluate.bootstrap import ratio
-from lmc_jax.evaluate.padding import bucket, chunks, pad_rows
+from lmc_jax.evaluate.kernels.bootstrap import ratio
+from lmc_jax.evaluate.kernels.padding import bucket, chunks, pad_rows
 
 _CHUNK = 1024  # kernel rows per step
 

@@ -11,8 +11,8 @@ from typing import NamedTuple
 import numpy as np
 from scipy.spatial import cKDTree
 
-from lmc_jax.evaluate import bootstrap
-from lmc_jax.evaluate.bootstrap import Blocks, Estimate
+from lmc_jax.evaluate.kernels import bootstrap
+from lmc_jax.evaluate.kernels.bootstrap import Blocks, Estimate
 
 
 class Detections(NamedTuple):

@@ -9,8 +9,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from lmc_jax.evaluate import probe
-from lmc_jax.evaluate.calibration import f1_threshold
+from lmc_jax.evaluate.kernels import probe
+from lmc_jax.evaluate.kernels.calibration import f1_threshold
 
 DEFAULT_THRESHOLD = 0.5  # used (and reported) when source validation cannot pick an F1 threshold
 

@@ -17,8 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lmc_jax.evaluate.protocol import group_folds
-from lmc_jax.evaluate.separation import reference_stats
+from lmc_jax.evaluate.kernels.protocol import group_folds
+from lmc_jax.evaluate.kernels.separation import reference_stats
 
 STABLE_FREQUENCY = 0.6  # a dimension selected in at least this share of half-samples is "stable"
 

@@ -11,7 +11,7 @@ import pytest
 
 from lmc_jax import parallel, train
 from lmc_jax.checkpoint import CheckpointError, Checkpointer
-from lmc_jax.export import cli
+from lmc_jax.modes import export as cli
 from lmc_jax.export.load import read_state_dict
 from lmc_jax.export.timm import to_timm
 from tests.tiny_config import tiny_config

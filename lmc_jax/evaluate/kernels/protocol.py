@@ -17,9 +17,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from lmc_jax.evaluate import bootstrap, probe
-from lmc_jax.evaluate.calibration import BOUNDS, METRICS, binary_estimates
-from lmc_jax.evaluate.transfer import fit_source_probe
+from lmc_jax.evaluate.kernels import bootstrap, probe
+from lmc_jax.evaluate.kernels.calibration import BOUNDS, METRICS, binary_estimates
+from lmc_jax.evaluate.kernels.transfer import fit_source_probe
 
 PROTOCOLS = ("cross_site", "leave_one_domain_out")
 MIN_GROUPS = 3  # a fit, a validation and a test fold

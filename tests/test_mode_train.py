@@ -1,4 +1,5 @@
-"""End to end on a tiny crop: train LMC + the geometric reference, evaluate all encoders, write the report."""
+"""End to end on a tiny crop: train mode trains LMC + the references and evaluates every method; evaluate mode
+reproduces it; extra encoders are further rows."""
 
 import json
 import shutil
@@ -7,9 +8,10 @@ import ml_collections
 import pytest
 
 from configs.export import get_config as export_config
-from lmc_jax import configlib, experiment
-from lmc_jax.export import cli as export_cli
-from lmc_jax.evaluate.pipeline import RAW_COLOUR
+from lmc_jax import configlib
+from lmc_jax.modes import evaluate as evaluate_mode
+from lmc_jax.modes import export as export_mode
+from lmc_jax.modes import train as train_mode
 from tests.conftest import TINY_BUILDER
 from tests.tiny_config import tiny_config
 
@@ -20,18 +22,27 @@ def run(tiny_data_dir, tmp_path_factory):
     config.data.data_dir = str(tiny_data_dir)
     config.data.builder_config = TINY_BUILDER
     workdir = tmp_path_factory.mktemp("e2e")
-    return workdir, experiment.train_and_evaluate(config, workdir), config
+    return workdir, train_mode.run(config, workdir), config
+
+
+def _evaluate(config: ml_collections.ConfigDict, run_dir, workdir) -> dict:
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.mode, config.eval.checkpoint = "evaluate", str(run_dir)
+    evaluate_mode.validate(config)
+    return evaluate_mode.run(config, workdir)
 
 
 def test_every_method_is_evaluated_at_every_site(run):
     workdir, metrics, _ = run
-    assert set(metrics["methods"]) == {"lmc", "untrained", "geometric_only", "dann", RAW_COLOUR,
+    assert set(metrics["methods"]) == {"lmc", "untrained", "geometric_only", "dann", "raw_colour_stats",
                                        "reinhard+geometric_only"}
     for method in metrics["methods"].values():
         assert set(method["per_site"]) == set(metrics["sites"])
         assert method["summary"]["mean_unseen_fd"] > 0
     assert (workdir / "references" / "geometric_only" / "checkpoints").is_dir()
     assert (workdir / "references" / "dann" / "checkpoints").is_dir()
+    assert metrics["encoders"]["lmc"] == {"run": str(workdir), "step": 6, "weights": "raw"}
+    assert metrics["encoders"]["dann"]["run"] == str(workdir / "references" / "dann")
 
 
 def test_report_files_are_written_and_consistent(run):
@@ -46,7 +57,7 @@ def test_report_files_are_written_and_consistent(run):
 
 def test_evaluate_mode_reproduces_the_training_evaluation(run, tmp_path):
     workdir, metrics, config = run
-    again = experiment.evaluate_workdir(config, workdir, tmp_path)
+    again = _evaluate(config, workdir / "checkpoints", tmp_path)  # the checkpoints/ folder names the run too
     for name, method in metrics["methods"].items():
         assert again["methods"][name]["summary"]["mean_unseen_fd"] == pytest.approx(
             method["summary"]["mean_unseen_fd"], rel=1e-4)
@@ -59,7 +70,7 @@ def test_extra_encoders_are_rows_of_the_table(run, tmp_path):
     workdir, metrics, config = run
     export = ml_collections.ConfigDict(dict(export_config().to_dict(), checkpoint=str(workdir),
                                             output=str(tmp_path / "timm"), verify=False))
-    export_cli.run(export, None)
+    export_mode.run(export, None)
     bare = tmp_path / "bare" / "lmc_weights.safetensors"
     bare.parent.mkdir()
     shutil.copy(tmp_path / "timm" / "model.safetensors", bare)
@@ -67,7 +78,7 @@ def test_extra_encoders_are_rows_of_the_table(run, tmp_path):
     config.eval.extra_encoders = (f"exported=timm:{tmp_path / 'timm' / 'model.safetensors'}", f"timm:{bare}",
                                   f"again={workdir}")
     configlib.validate(config)
-    again = experiment.evaluate_workdir(config, workdir, tmp_path / "out")
+    again = _evaluate(config, workdir, tmp_path / "out")
     assert {"exported", "lmc_weights", "again"} <= set(again["methods"])
     expected = metrics["methods"]["lmc"]["summary"]
     for name in ("exported", "lmc_weights", "again"):

@@ -11,9 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import linalg, special
 
-from lmc_jax.evaluate.bootstrap import Blocks
-from lmc_jax.evaluate.padding import bucket
-from lmc_jax.evaluate.separation import reference_stats
+from lmc_jax.evaluate.kernels.bootstrap import Blocks
+from lmc_jax.evaluate.kernels.padding import bucket
+from lmc_jax.evaluate.kernels.separation import reference_stats
 
 
 _DECREMENT_FLOOR = 1e-6  # below this Newton decrement² (relative) float32 cannot check a decrease: full steps

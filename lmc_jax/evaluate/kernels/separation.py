@@ -15,7 +15,7 @@ import numpy as np
 from scipy import linalg
 from threadpoolctl import threadpool_limits
 
-from lmc_jax.evaluate.padding import chunks
+from lmc_jax.evaluate.kernels.padding import chunks
 
 # Per-dimension std floor, relative to the RMS std over all dimensions of the reference set: a
 # dimension that is (nearly) dead on the reference is divided by at most 1000x less than a typical

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import stats
 
-from lmc_jax.evaluate.padding import bucket, chunks, pad_rows
+from lmc_jax.evaluate.kernels.padding import bucket, chunks, pad_rows
 
 _CHUNK = 512  # query rows per step (memory: 512 x N distances, 512 x k x D differences)
 _LISI_TRIES = 50  # binary-search steps for the perplexity calibration (scib: 50)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from lmc_jax.evaluate import bootstrap
-from lmc_jax.evaluate.probe import Undefined, auc_block_pairs, block_auc
+from lmc_jax.evaluate.kernels import bootstrap
+from lmc_jax.evaluate.kernels.probe import Undefined, auc_block_pairs, block_auc
 
 METRICS = ("auc", "f1", "balanced_accuracy", "brier", "ece")
 BOUNDS = dict.fromkeys(METRICS, (0.0, 1.0))  # natural ranges, for clipping intervals

@@ -1,0 +1,1 @@
+"""The command-line edge: one module per `config.mode`, each with `validate(config)` and `run(config, workdir)`."""
