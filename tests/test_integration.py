@@ -1,5 +1,9 @@
 """Tests for lmc_jax.evaluate.kernels.integration: exact kNN vs scikit-learn, silhouette vs scikit-learn, and
-silhouette-batch / iLISI / kBET vs scib-metrics (a test-only dependency; those tests skip without it)."""
+silhouette-batch / iLISI / kBET vs scib-metrics' values on the same inputs, stored once in
+tests/golden/scib_metrics.npz by tests/golden/make_scib_golden.py (scib-metrics itself is not installed for tests)."""
+
+import hashlib
+import pathlib
 
 import numpy as np
 import pytest
@@ -8,6 +12,9 @@ from sklearn.metrics import silhouette_samples
 from sklearn.neighbors import NearestNeighbors
 
 from lmc_jax.evaluate.kernels import integration
+
+GOLDEN = pathlib.Path(__file__).parent / "golden" / "scib_metrics.npz"
+ILISI_SEEDS, KBET_SEEDS, SILHOUETTE_SEEDS = (5, 6), (7, 8), (9, 10)
 
 
 def _data(seed: int, n: int = 600, batch_shift: float = 0.8) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -85,37 +92,49 @@ def test_weighted_median_equals_median_of_the_repeated_values():
         np.testing.assert_equal(g, expected)
 
 
-scib = pytest.importorskip("scib_metrics", reason="scib-metrics is a test-only reference")
+def digest(*arrays: np.ndarray) -> str:
+    """Short SHA-256 of the arrays' dtypes, shapes and bytes: ties a golden value to the inputs it was made from."""
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()[:16]
 
 
-def _neighbours(x: np.ndarray, k: int):
-    from scib_metrics.nearest_neighbors import NeighborsResults
+def _golden(name: str, *inputs: np.ndarray) -> dict[str, np.ndarray]:
+    with np.load(GOLDEN) as g:
+        golden = {k: g[k] for k in g.files}
+    assert str(golden[f"{name}_inputs"]) == digest(*inputs), (
+        f"test inputs of {name} changed since {GOLDEN.name} was made: python tests/golden/make_scib_golden.py"
+    )
+    return golden
 
-    idx, dist = integration.knn(x, k)
-    return idx, dist, NeighborsResults(indices=idx, distances=dist)
 
-
-@pytest.mark.parametrize("seed", [5, 6])
+@pytest.mark.parametrize("seed", ILISI_SEEDS)
 def test_ilisi_and_lisi_match_scib_metrics(seed):
     x, _, batch = _data(seed)
-    idx, dist, graph = _neighbours(x, 90)
-    np.testing.assert_allclose(integration.lisi(idx, dist, batch), scib.lisi_knn(graph, batch), rtol=1e-5)
+    golden = _golden(f"lisi_{seed}", x, batch)
+    idx, dist = integration.knn(x, 90)
+    np.testing.assert_allclose(integration.lisi(idx, dist, batch), golden[f"lisi_{seed}"], rtol=1e-5)
     ours = integration.ilisi_score(integration.lisi(idx, dist, batch), 3)[0]
-    assert ours == pytest.approx(float(scib.ilisi_knn(graph, batch)), abs=1e-5)
+    assert ours == pytest.approx(float(golden[f"ilisi_{seed}"]), abs=1e-5)
 
 
-@pytest.mark.parametrize("seed", [7, 8])
+@pytest.mark.parametrize("seed", KBET_SEEDS)
 def test_kbet_acceptance_matches_scib_metrics(seed):
     x, _, batch = _data(seed, batch_shift=0.3)
-    idx, _, graph = _neighbours(x, 50)
-    acceptance, _, p_values = scib.kbet(graph, batch, alpha=0.05)
+    golden = _golden(f"kbet_{seed}", x, batch)
+    idx, _ = integration.knn(x, 50)
     accepted, ours_p = integration.kbet_cells(idx, batch, alpha=0.05)
-    np.testing.assert_allclose(ours_p, p_values, atol=1e-5)  # scib: float32 regularised gamma
+    np.testing.assert_allclose(ours_p, golden[f"kbet_p_{seed}"], atol=1e-5)  # scib: float32 regularised gamma
+    acceptance = float(golden[f"kbet_acceptance_{seed}"])
     assert accepted.mean() == pytest.approx(acceptance, abs=2 / len(x))  # at most a boundary cell or two
 
 
-@pytest.mark.parametrize("seed", [9, 10])
+@pytest.mark.parametrize("seed", SILHOUETTE_SEEDS)
 def test_silhouette_batch_matches_scib_metrics(seed):
     x, labels, batch = _data(seed, n=400)
+    golden = _golden(f"silhouette_batch_{seed}", x, labels, batch)
     ours = integration.silhouette_batch_score(integration.silhouette_batch_cells(x, labels, batch), labels)[0]
-    assert ours == pytest.approx(float(scib.silhouette_batch(x, labels, batch)), abs=1e-5)
+    assert ours == pytest.approx(float(golden[f"silhouette_batch_{seed}"]), abs=1e-5)
