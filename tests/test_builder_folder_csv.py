@@ -154,3 +154,58 @@ def test_index_errors_name_the_problem(tmp_path):
     write_csv(root / "index.csv", ["path", "label", "domain", "patient"], [["a.png", "1", "x", ""]])
     with pytest.raises(ValueError, match=r"line 2: empty \['patient'\]"):
         build_dataset(tmp_path / "tfds", root)
+
+
+def test_skip_counts_in_metadata(built):
+    metadata = json.loads((built[1] / "metadata.json").read_text())
+    assert metadata["skip_counts"] == {"duplicate row": 0, "cannot decode": 1, "smaller than one tile": 0}
+
+
+def small_folder(root: pathlib.Path, rows: list[list[str]]) -> pathlib.Path:
+    """Two 16x16 images a.png, b.png in `root` (made if needed) and an index.csv with `rows`."""
+    root.mkdir(parents=True, exist_ok=True)
+    for name in ("a.png", "b.png"):
+        Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(root / name)
+    write_csv(root / "index.csv", ["path", "label", "domain", "patient", "split"], rows)
+    return root
+
+
+def test_paths_outside_the_folder_are_refused_unless_allowed(tmp_path):
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "x.png")
+    for outside in ("../x.png", str(tmp_path / "x.png"), "sub/../../x.png"):
+        root = small_folder(tmp_path / "data", [["a.png", "0", "s", "p", "train"], [outside, "1", "s", "q", "train"]])
+        with pytest.raises(ValueError, match=rf"index\.csv line 3: path '{outside}' lies outside .*allow_outside=True"):
+            build_dataset(tmp_path / "tfds", root, config=FolderCsvConfig(name="t16", tile_size=16))
+    allowed = FolderCsvConfig(name="t16out", tile_size=16, allow_outside=True)
+    build_dataset(tmp_path / "tfds", root, config=allowed)
+    assert len(load(tmp_path / "tfds", "t16out")["train"]["tile_id"]) == 2
+    inside = small_folder(tmp_path / "inside", [[str(tmp_path / "inside" / "a.png"), "0", "s", "p", "train"]])
+    build_dataset(tmp_path / "tfds", inside, config=FolderCsvConfig(name="t16in", tile_size=16))
+
+
+def test_duplicate_rows_are_skipped_and_counted_strict_makes_them_fatal(tmp_path):
+    rows = [["a.png", "0", "s", "p", "train"], ["b.png", "1", "s", "p", "train"], ["./a.png", "1", "s", "q", "train"]]
+    root = small_folder(tmp_path / "data", rows)
+    version_dir = build_dataset(tmp_path / "tfds", root, config=FolderCsvConfig(name="t16", tile_size=16))
+    metadata = json.loads((version_dir / "metadata.json").read_text())
+    assert metadata["skip_counts"]["duplicate row"] == 1
+    assert metadata["skipped"] == [{"path": "a.png", "reason": "duplicate row (line 4 names the file of line 2)"}]
+    assert sorted(load(tmp_path / "tfds", "t16")["train"]["tile_id"].tolist()) == [0, 10_000]
+    strict = FolderCsvConfig(name="t16strict", tile_size=16, strict=True)
+    with pytest.raises(ValueError, match=r"index\.csv line 4: .*a\.png was already named on line 2; remove"):
+        build_dataset(tmp_path / "tfds", root, config=strict)
+
+
+def test_strict_makes_an_undecodable_image_fatal(tmp_path):
+    root = small_folder(tmp_path / "data", [["a.png", "0", "s", "p", "train"], ["bad.png", "0", "s", "p", "train"]])
+    (root / "bad.png").write_bytes(b"not a png")
+    strict = FolderCsvConfig(name="t16strict", tile_size=16, strict=True)
+    with pytest.raises(ValueError, match=r"bad\.png \(index line 3\): cannot decode .*strict=False"):
+        build_dataset(tmp_path / "tfds", root, config=strict)
+
+
+def test_a_latin1_csv_names_file_and_line(tmp_path):
+    root = small_folder(tmp_path / "data", [])
+    (root / "index.csv").write_bytes("path,label,domain,patient\na.png,0,s,p\nb.png,0,Zürich,p\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"data/index\.csv line 3: byte 0xfc is not UTF-8 .*save the CSV as UTF-8"):
+        build_dataset(tmp_path / "tfds", root)

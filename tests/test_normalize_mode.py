@@ -5,14 +5,16 @@ import json
 import logging
 import pathlib
 
+import imagecodecs
 import numpy as np
 import pytest
+import tifffile
 from PIL import Image
 
 from configs import normalize as normalize_config
 from lmc_jax.errors import UserError
 from lmc_jax.modes import normalize as normalize_mode
-from lmc_jax.stain import macenko, robust
+from lmc_jax.stain import macenko, reinhard, robust, tile_io
 from tests import stain_tiles
 
 
@@ -58,7 +60,8 @@ def test_normalizes_a_folder_and_leaves_the_input_untouched(folder, caplog):
         summary = normalize_mode.run(_config(folder, "out"))
     assert _snapshot(folder / "in") == before
     out = folder / "out"
-    assert summary["counts"] == {"files": 10, "normalized": 7, "flagged": 1, "skipped": 2}
+    assert summary["counts"] == {"files": 10, "normalized": 7, "flagged": 1, "skipped": 2, "converted": 0,
+                                 "alpha_kept": 0, "alpha_dropped": 0}
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["tile0.png", "tile1.png", "tile2.png", "tile3.png", "tile4.png", "small.jpg", "scan.tif", "glass.png",
          normalize_mode.LOG_NAME])
@@ -112,6 +115,7 @@ def test_existing_outputs_need_overwrite(folder):
         (dict(output="in/sub"), "must not be, contain or lie inside config.input"),
         (dict(output=""), "config.output=''"),
         (dict(batch_size=0), "config.batch_size=0"),
+        (dict(max_batch_pixels=0), "config.max_batch_pixels=0"),
         (dict(jpeg_quality=0), "config.jpeg_quality=0"),
     ],
 )
@@ -137,3 +141,74 @@ def test_method_settings_and_reference_errors(folder):
     with pytest.raises(normalize_mode.NormalizeError, match="cannot decode"):
         normalize_mode.run(broken)
     assert not (folder / "never_written").exists()
+
+
+@pytest.fixture(scope="module")
+def odd_folder(folder, tmp_path_factory) -> pathlib.Path:
+    """Tiles that are not plain 8-bit RGB: RGBA PNG and TIFF, 16-bit RGB PNG and TIFF, grey and palette PNG."""
+    tiles, _ = stain_tiles.slide_tiles(size=64)
+    root = tmp_path_factory.mktemp("odd")
+    (root / "in").mkdir()
+    alpha = np.random.default_rng(0).integers(0, 256, (64, 64, 1), dtype=np.uint8)
+    Image.fromarray(np.concatenate([tiles[0], alpha], axis=-1)).save(root / "in" / "rgba.png")
+    Image.fromarray(np.concatenate([tiles[1], alpha], axis=-1)).save(root / "in" / "rgba.tif")
+    deep = tiles[2].astype(np.uint16) * 257 + np.random.default_rng(1).integers(-128, 129, (64, 64, 3))
+    deep = np.clip(deep, 0, 65535).astype(np.uint16)
+    (root / "in" / "deep.png").write_bytes(imagecodecs.png_encode(deep))
+    tifffile.imwrite(root / "in" / "deep.tif", deep, photometric="rgb")
+    Image.fromarray(tiles[3][..., 0]).save(root / "in" / "grey.png")
+    Image.fromarray(tiles[4]).convert("P").save(root / "in" / "palette.png")
+    np.save(root / "deep.npy", deep)
+    (root / "reference.png").write_bytes((folder / "reference.png").read_bytes())
+    return root
+
+
+def test_alpha_is_kept_byte_for_byte(odd_folder):
+    summary = normalize_mode.run(_config(odd_folder, "out_alpha", method="reinhard"))
+    assert summary["alpha_kept"] == ["rgba.png", "rgba.tif"] and summary["counts"]["alpha_kept"] == 2
+    params = normalize_mode._load_params(_config(odd_folder, "unused", method="reinhard"), reinhard.ReinhardConfig())
+    for name in ("rgba.png", "rgba.tif"):
+        source, written = (np.asarray(Image.open(odd_folder / d / name)) for d in ("in", "out_alpha"))
+        assert written.shape == (64, 64, 4), name
+        np.testing.assert_array_equal(written[..., 3], source[..., 3])
+        expected, _ = reinhard.transform(np.ascontiguousarray(source[None, ..., :3]), params)
+        np.testing.assert_array_equal(written[..., :3], np.asarray(expected[0]))
+
+
+def test_16bit_grey_and_palette_are_converted_and_counted(odd_folder):
+    summary = normalize_mode.run(_config(odd_folder, "out_deep", method="reinhard"))
+    log = json.loads((odd_folder / "out_deep" / normalize_mode.LOG_NAME).read_text())
+    conversions = {entry["file"]: entry["conversion"] for entry in log["converted"]}
+    assert conversions == {
+        "deep.png": "16-bit RGB scaled to 8 bits (rounded)", "deep.tif": "16-bit RGB scaled to 8 bits (rounded)",
+        "grey.png": "grayscale (L) converted to RGB", "palette.png": "palette (P) converted to RGB",
+    }
+    assert summary["counts"]["converted"] == 4 and summary["counts"]["normalized"] == 5
+    assert log["flagged"] == [{"file": "grey.png", "flag": "degenerate"}]  # one grey channel: no two stains
+    deep = np.load(odd_folder / "deep.npy")
+    rounded = np.round(deep / 257.0).astype(np.uint8)  # not the high byte (deep >> 8), which Pillow returns
+    assert (rounded != deep >> 8).any()
+    params = normalize_mode._load_params(_config(odd_folder, "unused", method="reinhard"), reinhard.ReinhardConfig())
+    expected, _ = reinhard.transform(rounded[None], params)
+    for name in ("deep.png", "deep.tif"):
+        np.testing.assert_array_equal(tile_io.read_image(odd_folder / "in" / name).rgb, rounded)
+        np.testing.assert_array_equal(np.asarray(Image.open(odd_folder / "out_deep" / name)), np.asarray(expected[0]))
+
+
+def test_short_groups_are_padded_to_small_buckets(folder, monkeypatch):
+    shapes = []
+    transform = macenko.transform
+
+    def spy(batch, *args, **kwargs):
+        shapes.append(batch.shape[:3])
+        return transform(batch, *args, **kwargs)
+
+    monkeypatch.setattr(macenko, "transform", spy)
+    normalize_mode.run(_config(folder, "out_bucket", batch_size=64))
+    # seven 64x64 tiles -> one call of 8 (not 64); the 40x48 JPEG alone -> 1
+    assert sorted(shapes) == [(1, 40, 48), (8, 64, 64)]
+    shapes.clear()
+    normalize_mode.run(_config(folder, "out_budget", batch_size=64, max_batch_pixels=2 * 64 * 64))
+    assert sorted(shapes) == [(1, 40, 48), (1, 64, 64), (2, 64, 64), (2, 64, 64), (2, 64, 64)]
+    assert [normalize_mode.bucket(n, 64) for n in (1, 2, 3, 5, 33, 64)] == [1, 2, 4, 8, 64, 64]
+    assert normalize_mode.group_size((4000, 4000, 3), _config(folder, "unused")) == 1

@@ -1,13 +1,17 @@
 """`mode=normalize`: stain-normalize a folder of tiles to a reference with a registered normaliser.
 
-Same-size tiles go through the jitted batched transform together (one compile per tile size; the
-last batch is padded); each result is written under the same file name in the output folder, and
-the input folder is only read. Tiles flagged by the method (no tissue, degenerate estimate) are
-copied through byte for byte; corrupt or non-image files are skipped with one line each. Both are
-listed in a JSON log, with the params (which can serve as the reference of a later run). The
-methods are those of `lmc_jax.stain.normalizers` (macenko, reinhard, vahadane). Interface of a mode:
-`validate(config)` and `run(config, workdir=None)`; normalize writes only under config.output (and
-config.log), so it takes no workdir.
+Same-size tiles go through the jitted batched transform together, at most
+min(batch_size, max_batch_pixels // pixels per tile) at a time (at least one: a huge image goes
+alone); a short group is padded only to the next power of two, so each tile size compiles for a few
+batch sizes only (its group size and the powers of two below it). Each result is written under the same file name in the output folder,
+and the input folder is only read. An alpha channel is kept (the RGB is normalized, the alpha
+written back unchanged); 16-bit, grey, palette and other non-RGB images are converted to 8-bit RGB
+(16 bits scaled with rounding) and each conversion is counted and listed. Tiles flagged by the
+method (no tissue, degenerate estimate) are copied through byte for byte; corrupt or non-image
+files are skipped with one line each. All of these are listed in a JSON log, with the params (which
+can serve as the reference of a later run). The methods are those of `lmc_jax.stain.normalizers`
+(macenko, reinhard, vahadane). Interface of a mode: `validate(config)` and `run(config, workdir=None)`;
+normalize writes only under config.output (and config.log), so it takes no workdir.
 """
 
 from __future__ import annotations
@@ -73,8 +77,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
         _require(input_dir not in log_path.parents, "log", config.log, "must not lie inside config.input")
     for key in ("recursive", "overwrite", "progress"):
         _require(isinstance(config[key], bool), key, config[key], "must be True or False")
-    _require(isinstance(config.batch_size, int) and config.batch_size > 0, "batch_size", config.batch_size,
-             "must be a positive integer")
+    for key in ("batch_size", "max_batch_pixels"):
+        _require(isinstance(config[key], int) and not isinstance(config[key], bool) and config[key] > 0, key,
+                 config[key], "must be a positive integer")
     _require(isinstance(config.jpeg_quality, int) and 1 <= config.jpeg_quality <= 100, "jpeg_quality",
              config.jpeg_quality, "must be an integer in 1..100")
     _method_config(config)
@@ -122,30 +127,53 @@ class _Run:
     normalized: int = 0
     flagged: list[dict[str, str]] = dataclasses.field(default_factory=list)
     skipped: list[dict[str, str]] = dataclasses.field(default_factory=list)
+    converted: list[dict[str, str]] = dataclasses.field(default_factory=list)
+    alpha_kept: list[str] = dataclasses.field(default_factory=list)
+    alpha_dropped: list[dict[str, str]] = dataclasses.field(default_factory=list)
     transform_seconds: float = 0.0
 
 
+def group_size(shape: tuple[int, ...], config: ml_collections.ConfigDict) -> int:
+    """Tiles of `shape` per jitted call: batch_size, fewer when they would pass max_batch_pixels (at least 1)."""
+    return max(1, min(config.batch_size, config.max_batch_pixels // (shape[0] * shape[1])))
+
+
+def bucket(count: int, size: int) -> int:
+    """The batch a group of `count` tiles is padded to: the next power of two, at most the group size."""
+    return min(size, 1 << (count - 1).bit_length())
+
+
+Pending = list[tuple[pathlib.Path, tile_io.Decoded]]
+
+
 def _flush(
-    batch: list[tuple[pathlib.Path, np.ndarray]],
+    batch: Pending,
     transform: Callable[[np.ndarray], tuple[Any, Any]],
     config: ml_collections.ConfigDict,
     state: _Run,
 ) -> None:
-    """Normalize one same-size batch (padded to batch_size) and write or pass through each tile."""
-    images = np.stack([image for _, image in batch])
-    padded = np.concatenate([images, np.repeat(images[-1:], config.batch_size - len(batch), axis=0)])
+    """Normalize one same-size batch (padded to its bucket) and write or pass through each tile."""
+    images = np.stack([decoded.rgb for _, decoded in batch])
+    padding = bucket(len(batch), group_size(images.shape[1:], config)) - len(batch)
+    padded = np.concatenate([images, np.repeat(images[-1:], padding, axis=0)])
     start = time.perf_counter()
     outputs, flags = transform(padded)
     outputs, flags = np.asarray(outputs), np.asarray(flags)
     state.transform_seconds += time.perf_counter() - start
     input_dir, output_dir = pathlib.Path(config.input), pathlib.Path(config.output)
-    for index, (relative, _) in enumerate(batch):
-        if flags[index] == robust.NORMALIZED:
-            tile_io.write_rgb(output_dir / relative, outputs[index], config.jpeg_quality)
-            state.normalized += 1
-        else:
+    for index, (relative, decoded) in enumerate(batch):
+        if flags[index] != robust.NORMALIZED:
             tile_io.copy_bytes(input_dir / relative, output_dir / relative)
             state.flagged.append({"file": str(relative), "flag": robust.FLAG_NAMES[int(flags[index])]})
+            continue
+        alpha = decoded.alpha
+        if alpha is not None and not tile_io.keeps_alpha(relative):
+            state.alpha_dropped.append({"file": str(relative), "reason": f"{relative.suffix} cannot store alpha"})
+            alpha = None
+        elif alpha is not None:
+            state.alpha_kept.append(str(relative))
+        tile_io.write_rgb(output_dir / relative, outputs[index], config.jpeg_quality, alpha)
+        state.normalized += 1
 
 
 def run(config: ml_collections.ConfigDict, workdir: str | None = None) -> dict[str, Any]:
@@ -169,18 +197,23 @@ def run(config: ml_collections.ConfigDict, workdir: str | None = None) -> dict[s
 
     started, state = time.perf_counter(), _Run()
     progress = _Progress(len(files), config.progress)
-    pending: dict[tuple[int, ...], list[tuple[pathlib.Path, np.ndarray]]] = {}
+    pending: dict[tuple[int, ...], Pending] = {}
     for relative in files:
-        image = tile_io.read_rgb(input_dir / relative)
-        if isinstance(image, str):
-            logging.warning("skipped %s: %s", input_dir / relative, image)
-            state.skipped.append({"file": str(relative), "reason": image})
+        decoded = tile_io.read_image(input_dir / relative)
+        if isinstance(decoded, str):
+            logging.warning("skipped %s: %s", input_dir / relative, decoded)
+            state.skipped.append({"file": str(relative), "reason": decoded})
             progress.advance()
             continue
-        pending.setdefault(image.shape, []).append((relative, image))
-        if len(pending[image.shape]) == config.batch_size:
-            _flush(pending.pop(image.shape), transform, config, state)
-            progress.advance(config.batch_size)
+        if decoded.conversion:
+            logging.info("converted %s: %s", input_dir / relative, decoded.conversion)
+            state.converted.append({"file": str(relative), "conversion": decoded.conversion})
+        shape = decoded.rgb.shape
+        pending.setdefault(shape, []).append((relative, decoded))
+        if len(pending[shape]) == group_size(shape, config):
+            batch = pending.pop(shape)
+            _flush(batch, transform, config, state)
+            progress.advance(len(batch))
     for batch in pending.values():
         _flush(batch, transform, config, state)
         progress.advance(len(batch))
@@ -197,19 +230,26 @@ def run(config: ml_collections.ConfigDict, workdir: str | None = None) -> dict[s
             "normalized": state.normalized,
             "flagged": len(state.flagged),
             "skipped": len(state.skipped),
+            "converted": len(state.converted),
+            "alpha_kept": len(state.alpha_kept),
+            "alpha_dropped": len(state.alpha_dropped),
         },
         "flagged": state.flagged,
         "skipped": state.skipped,
+        "converted": state.converted,  # 16-bit scaled to 8 bits (rounded), grey / palette / CMYK -> RGB
+        "alpha_kept": state.alpha_kept,  # RGB normalized, alpha written back unchanged
+        "alpha_dropped": state.alpha_dropped,  # output format without alpha (JPEG)
         "seconds": round(seconds, 3),
-        "transform_seconds": round(state.transform_seconds, 3),  # includes one compilation per tile size
+        "transform_seconds": round(state.transform_seconds, 3),  # includes the compilations (per size, bucket)
     }
     log_path = pathlib.Path(config.log) if config.log else output_dir / LOG_NAME
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log_path.write_text(json.dumps(summary, indent=2) + "\n")
     logging.info(
         "normalize (%s): %d normalized, %d flagged and copied unchanged, %d skipped (not images or corrupt) "
-        "of %d files in %.1f s; log: %s",
-        config.method, state.normalized, len(state.flagged), len(state.skipped), len(files), seconds, log_path,
+        "of %d files in %.1f s; %d converted to 8-bit RGB, %d with alpha kept; log: %s",
+        config.method, state.normalized, len(state.flagged), len(state.skipped), len(files), seconds,
+        len(state.converted), len(state.alpha_kept), log_path,
     )
     summary["log"] = str(log_path)
     return summary
