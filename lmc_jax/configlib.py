@@ -11,6 +11,7 @@ import functools
 
 import ml_collections
 
+from data_pipelines import build as data_builders
 from lmc_jax import errors, methods, objectives
 from lmc_jax.evaluate.extra_encoders import parse_specs
 from lmc_jax.evaluate.settings import Settings
@@ -32,6 +33,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _require(config.batch_size > 0, "batch_size", config.batch_size, "must be a positive integer")
     _require(config.num_steps > 0, "num_steps", config.num_steps, "must be a positive integer")
     data = config.data
+    _require(data.name in data_builders.available(), "data.name", data.name,
+             f"choose a data set of data_pipelines/builders/: {', '.join(data_builders.available())}")
     _require(data.crop_size <= data.tile_size, "data.crop_size", data.crop_size,
              f"must not exceed data.tile_size={data.tile_size}")
     _require(data.worker_count >= 0, "data.worker_count", data.worker_count, "must be ≥ 0")

@@ -1,14 +1,20 @@
 """Entry point: `python -m lmc_jax.main --config configs/X.py --workdir DIR [--config.key=value ...]`.
 
 Flags and dispatch only: `config.mode` names a module of `lmc_jax.modes` (train, evaluate, export,
-normalize), which validates the config and runs. A `UserError` ends the run with one line naming the
-bad value and the fix; a preempted training run exits 143 after checkpointing.
+normalize), which validates the config and runs. A user's mistake ends the run with one line, `error: ...`,
+naming the bad key, value or file and the fix: a `UserError` (or a data pipeline's `DataError`), an unknown
+`--config.key`, a value of the wrong type, a missing `--config` file, a disk that is full. `--debug` (or
+`LMC_JAX_DEBUG=1`) shows the full traceback instead. A preempted training run exits 143 after checkpointing.
 """
 
 from __future__ import annotations
 
+import difflib
+import errno
 import importlib
 import logging
+import os
+import runpy
 import sys
 
 from absl import app, flags
@@ -17,8 +23,10 @@ from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and the evaluation report.")
+_DEBUG = flags.DEFINE_bool("debug", False, "Show full tracebacks of user errors (also: LMC_JAX_DEBUG=1).")
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, what schedulers expect from a terminated job
 MODES = ("train", "evaluate", "export", "normalize")  # modules of lmc_jax.modes
+DEBUG_ENV = "LMC_JAX_DEBUG"  # set to 1 for full tracebacks (the --debug flag, readable before flags parse)
 
 
 class _QuietLibraries(logging.Filter):
@@ -28,18 +36,146 @@ class _QuietLibraries(logging.Filter):
         return record.levelno >= logging.WARNING or "site-packages" not in record.pathname
 
 
+def _debugging(argv: list[str] = ()) -> bool:
+    if os.environ.get(DEBUG_ENV, "").lower() in ("1", "true", "yes"):
+        return True
+    if flags.FLAGS.is_parsed():
+        return _DEBUG.value
+    return any(arg in ("--debug", "--debug=true", "--debug=True", "--debug=1") for arg in argv)
+
+
+def _config_path(argv: list[str]) -> str:
+    """The value of --config on the command line ('' when absent)."""
+    for i, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+        if arg == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+    return ""
+
+
+def _overrides(argv: list[str]) -> list[str]:
+    """The keys of the --config.KEY=VALUE arguments, in order."""
+    return [arg[len("--config."):].split("=", 1)[0] for arg in argv if arg.startswith("--config.")]
+
+
+def _load_config(path: str):
+    """The config `path` defines (its `get_config()`), for naming keys and types in messages; None on failure."""
+    try:
+        file, *args = path.split(":", 1)
+        return runpy.run_path(file)["get_config"](*args)
+    except Exception:  # pylint: disable=broad-except - only used to word an error message
+        return None
+
+
+def _lookup(config, key: str):
+    """(parent ConfigDict, last key) of dotted `key` in `config`, or (None, key) when a parent is missing."""
+    *parents, last = key.split(".")
+    for part in parents:
+        if config is None or not hasattr(config, "keys") or part not in config:
+            return None, last
+        config = config[part]
+    return (config if hasattr(config, "keys") else None), last
+
+
+def _unknown_key(argv: list[str], missing: str) -> str:
+    """The message for an override naming a key the config does not have."""
+    path = _config_path(argv)
+    config = _load_config(path)
+    for key in _overrides(argv):
+        parent, last = _lookup(config, key)
+        known = parent is not None and last in parent
+        if known or (config is None and missing not in key.split(".")):
+            continue
+        head = key.rsplit(".", 1)[0] if "." in key else ""
+        where = f"config.{head}" if head else "config"
+        close = difflib.get_close_matches(last, list(parent.keys()), n=1) if parent is not None else []
+        hint = f"did you mean --config.{head + '.' if head else ''}{close[0]}?" if close else (
+            f"the keys of {where} are {', '.join(sorted(parent.keys()))}" if parent is not None
+            else f"{where} does not exist in {path}")
+        return f"--config.{key}: {path} has no key config.{key}; {hint}"
+    return f"--config.{missing}: {path} has no such key; check the spelling against {path}"
+
+
+def _flag_error(argv: list[str], error: flags.Error) -> str:
+    """absl's flag error as a message naming the flag and the fix."""
+    text = str(error).strip().splitlines()[0]
+    if "--config must have a value other than None" in text or "--config=None" in text:
+        return "--config is missing: pass a config file, e.g. --config configs/default.py (the files are in configs/)"
+    if text.startswith("flag --config.") and ":" in text:
+        flag, reason = text[len("flag "):].split(": ", 1)
+        key = flag[len("--config."):].split("=", 1)[0]
+        parent, last = _lookup(_load_config(_config_path(argv)), key)
+        kind = f"of type {type(parent[last]).__name__}, like its default {parent[last]!r}" if parent is not None and \
+            last in parent else "of the type its default has"
+        return f"{flag}: {reason}; give config.{key} a value {kind}"
+    return f"{text} (see --helpshort)"
+
+
+def _missing_config_file(argv: list[str]) -> str:
+    path = _config_path(argv)
+    return f"--config {path}: no such file; pass a config file, e.g. --config configs/default.py (the files are in configs/)"
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with every mistake on the command line turned into one `error:` line."""
+    try:
+        remaining = flags.FLAGS(argv)
+        if _CONFIG.value is not None:
+            _CONFIG.value.get("mode")  # a config file that failed to load raises here, not at parse time
+        return remaining
+    except Exception as error:  # pylint: disable=broad-except - mapped to a message or re-raised
+        if _debugging(argv):
+            raise
+        if isinstance(error, flags.Error):
+            message = _flag_error(argv, error)
+        elif isinstance(error, OSError) and "failure to load" in str(error) and "No such file" in str(error):
+            message = _missing_config_file(argv)
+        elif isinstance(error, (AttributeError, KeyError)) and _overrides(argv):
+            message = _unknown_key(argv, str(error).strip("'\""))
+        else:
+            raise
+        sys.exit(f"error: {message}")
+
+
+def _no_space(error: BaseException) -> OSError | None:
+    """The OSError(ENOSPC) in `error`'s chain (causes and contexts), if any."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def no_space_message(error: OSError, workdir: str | None) -> str:
+    """One line for a full disk: the path being written and the fix."""
+    where = error.filename or workdir or "the output folder"
+    return (f"no space left on the device writing {where}: free space there (or point --workdir / config.data.data_dir "
+            "at a larger disk) and run the same command again; a training run resumes from its last checkpoint")
+
+
 def main(argv: list[str]) -> None:
-    """Runs config.mode; a UserError ends the run with one line naming it, no traceback."""
+    """Runs config.mode; a user's mistake ends the run with one line naming it, no traceback (unless --debug)."""
+    from data_pipelines.build import DataError
     from lmc_jax.errors import UserError
     from lmc_jax.preemption import Preempted
 
     try:
         _dispatch(argv)
-    except UserError as error:
+    except (UserError, DataError) as error:
+        if _debugging():
+            raise
         sys.exit(f"error: {error}")
     except Preempted as preempted:
         logging.warning("%s", preempted)
         sys.exit(PREEMPTED_EXIT_CODE)
+    except Exception as error:  # pylint: disable=broad-except - a full disk is the user's to fix; the rest re-raises
+        full = _no_space(error)
+        if full is None or _debugging():
+            raise
+        sys.exit(f"error: {no_space_message(full, _WORKDIR.value)}")
 
 
 def _dispatch(argv: list[str]) -> None:
@@ -60,4 +196,4 @@ def _dispatch(argv: list[str]) -> None:
 if __name__ == "__main__":
     flags.mark_flags_as_required(["config"])
     logging.getLogger().setLevel(logging.INFO)
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)

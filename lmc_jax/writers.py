@@ -1,16 +1,51 @@
-"""Training metrics out: a JSON-lines file, TensorBoard scalars, and a progress bar or a log line per write."""
+"""Training metrics out: a JSON-lines file, TensorBoard scalars, and a progress bar or a log line per write.
+
+Paths go through etils.epath, so `--workdir gs://bucket/run` works. Object stores cannot append to a file
+(and TensorBoard's event writer appends), so for a remote workdir both files are written in a local temporary
+folder and copied whole to `workdir` after every write and on close; an existing remote metrics.jsonl is
+downloaded first, so a resumed run appends to it. A local workdir is written in place.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import shutil
 import sys
+import tempfile
 import time
 
 from etils import epath
 import jax
 from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+
+def is_remote(path: epath.PathLike) -> bool:
+    """True for a URI path (gs://, s3://, ...): one that the local file system cannot open."""
+    return "://" in str(path)
+
+
+class _Mirror:
+    """A local folder standing in for a remote one: `sync()` copies every file in it to the remote folder."""
+
+    def __init__(self, remote: epath.Path, seed: tuple[str, ...] = ()):
+        self.remote = remote
+        self.local = epath.Path(tempfile.mkdtemp(prefix="lmc_jax_writers_"))
+        for name in seed:  # files the remote folder already holds and this writer extends
+            if (remote / name).exists():
+                (self.local / name).write_bytes((remote / name).read_bytes())
+
+    def sync(self) -> None:
+        for root, _, files in self.local.walk():
+            for name in files:
+                target = self.remote / (root / name).relative_to(self.local)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes((root / name).read_bytes())
+
+    def close(self) -> None:
+        self.sync()
+        shutil.rmtree(self.local, ignore_errors=True)
 
 
 class MetricWriter:
@@ -23,8 +58,10 @@ class MetricWriter:
         self._last_line = ""
         workdir = epath.Path(workdir)
         if self.enabled:
-            self._jsonl = open(workdir / "metrics.jsonl", "a", encoding="utf-8")
-            self._tb = EventFileWriter(str(workdir / "tensorboard"))
+            self._mirror = _Mirror(workdir, seed=("metrics.jsonl",)) if is_remote(workdir) else None
+            folder = self._mirror.local if self._mirror else workdir
+            self._jsonl = (folder / "metrics.jsonl").open("a", encoding="utf-8")
+            self._tb = EventFileWriter(str(folder / "tensorboard"))
 
     def write(self, step: int, scalars: dict[str, float]) -> None:
         if not self.enabled:
@@ -36,6 +73,8 @@ class MetricWriter:
         )
         self._tb.add_event(event_pb2.Event(step=step, wall_time=time.time(), summary=summary))
         self._tb.flush()
+        if self._mirror:
+            self._mirror.sync()
         shown = " ".join(f"{k}={v:.4g}" for k, v in scalars.items())
         self._last_line = f"loss={scalars.get('loss', float('nan')):.4g} {scalars.get('images_per_sec', 0):.0f} img/s " \
                           f"eta {scalars.get('eta_sec', 0):.0f}s"
@@ -57,3 +96,5 @@ class MetricWriter:
         if self.enabled:
             self._jsonl.close()
             self._tb.close()
+            if self._mirror:
+                self._mirror.close()

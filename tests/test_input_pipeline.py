@@ -10,6 +10,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from data_pipelines import input_pipeline
+from data_pipelines.build import DataError
 from data_pipelines.builders.cmu_small_region import CmuSmallRegionConfig, build_dataset
 from data_pipelines import sites
 
@@ -153,7 +154,8 @@ def test_bad_sharding_arguments(data_dir):
 
 
 def test_missing_data_set_names_path_and_build_command(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"not built under .*crop32.*build_dataset\("):
+    command = f"python -m data_pipelines.build --name cmu_small_region --config crop32 --data_dir {tmp_path}"
+    with pytest.raises(DataError, match=f"not built under .*crop32.*Build it with: {command}$"):
         input_pipeline.make_train_iterator(make_config(), tmp_path)
 
 
@@ -181,6 +183,10 @@ def test_ensure_built_is_a_noop_when_built_and_explains_other_data_sets(data_dir
     before = shard.stat().st_mtime_ns
     input_pipeline.ensure_built(config)
     assert shard.stat().st_mtime_ns == before
-    config.data.name, config.data.data_dir = "camelyon17", str(tmp_path)
-    with pytest.raises(FileNotFoundError, match="camelyon17/crop32 is not built.*data_pipelines/builders/camelyon17"):
+    config.data.name, config.data.data_dir = "camelyon17_wilds", str(tmp_path)
+    command = (f"python -m data_pipelines.build --name camelyon17_wilds --config crop32 --data_dir {tmp_path} "
+               "--manual_dir <folder with the downloaded files>")
+    with pytest.raises(DataError, match="camelyon17_wilds/crop32 is not built.*manual_dir is empty") as raised:
         input_pipeline.ensure_built(config)
+    assert command in str(raised.value) and "data_pipelines/builders/camelyon17_wilds/" in str(raised.value)
+    assert "\n" not in str(raised.value)

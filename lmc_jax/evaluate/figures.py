@@ -1,21 +1,31 @@
 """The report's figures as PNG files: embedding projections, per-site AUC with intervals, reliability, signatures.
 
 Pure matplotlib (object API, no global pyplot state); each function takes the metrics dict or the
-projections and writes one file.
+projections and writes one file (through etils.epath, so `gs://` output folders work).
 """
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Mapping
-from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+from etils import epath
 from matplotlib.figure import Figure
 
 _DPI = 110
 _MARKERS = "osD^vP*Xhp"
+
+
+def _save(fig: Figure, path: epath.PathLike) -> epath.Path:
+    """Writes `fig` as PNG bytes to `path` (local or remote); returns the path."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    path = epath.Path(path)
+    path.write_bytes(buffer.getvalue())
+    return path
 
 
 class Projection(NamedTuple):
@@ -45,7 +55,7 @@ def _site_label(site: str, source: str) -> str:
 
 
 def plot_projections(projections: Mapping[str, Projection], site_names: list[str], source_site: str,
-                     path: Path) -> Path:
+                     path: epath.PathLike) -> epath.Path:
     """Per method, two PCA panels of the held-out embeddings: coloured by site, then by label."""
     fig = Figure(figsize=(13.0, 4.2 * len(projections)), dpi=_DPI, layout="constrained")
     axes = fig.subplots(len(projections), 2, squeeze=False)
@@ -65,8 +75,7 @@ def plot_projections(projections: Mapping[str, Projection], site_names: list[str
             ax.set(title=f"{name}: PCA of held-out embeddings, {title}", xlabel="PC 1", ylabel="PC 2")
             ax.legend(fontsize="small", markerscale=1.8, title=kind, title_fontsize="small", loc="upper left",
                       bbox_to_anchor=(1.01, 1.0))  # outside: never hides points
-    fig.savefig(path)
-    return path
+    return _save(fig, path)
 
 
 def _interval(entry: Mapping, metric: str) -> tuple[float, float, float] | None:
@@ -94,7 +103,7 @@ def _dodged_points(ax, methods: Mapping[str, Mapping[str, Mapping]], domains: li
                         capsize=3, markersize=6, label=name)
 
 
-def plot_auc(metrics: Mapping, path: Path) -> Path:
+def plot_auc(metrics: Mapping, path: epath.PathLike) -> epath.Path:
     """Probe ROC AUC per site with 95% intervals (source-trained probe), and per held-out domain under LODO."""
     sites, source = list(metrics["sites"]), metrics["source_site"]
     lodo = {n: m["protocols"]["leave_one_domain_out"].get("per_domain", {})
@@ -112,11 +121,10 @@ def plot_auc(metrics: Mapping, path: Path) -> Path:
         ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), title="method",
                   title_fontsize="small")
         ax.grid(axis="y", alpha=0.3)
-    fig.savefig(path)
-    return path
+    return _save(fig, path)
 
 
-def plot_reliability(metrics: Mapping, path: Path) -> Path:
+def plot_reliability(metrics: Mapping, path: epath.PathLike) -> epath.Path:
     """Reliability diagrams: observed positive rate vs mean predicted P(y=1) per bin, one panel per method.
 
     Marker area grows with the bin's example count; each site's ECE is in its legend entry.
@@ -148,11 +156,10 @@ def plot_reliability(metrics: Mapping, path: Path) -> Path:
         ax.legend(fontsize="x-small", loc="upper left", markerscale=0.8)
     for ax in axes[len(methods):]:
         ax.set_visible(False)
-    fig.savefig(path)
-    return path
+    return _save(fig, path)
 
 
-def plot_signatures(metrics: Mapping, path: Path) -> Path:
+def plot_signatures(metrics: Mapping, path: epath.PathLike) -> epath.Path:
     """Sparse-signature size (share of dimensions selected) and fold-to-fold Jaccard overlap per method."""
     names = list(metrics["methods"])
     sig = [metrics["methods"][n].get("signature", {}) for n in names]
@@ -173,5 +180,4 @@ def plot_signatures(metrics: Mapping, path: Path) -> Path:
         ax.set_xticks(xs, names, rotation=25, ha="right")
         ax.set(title=title, xlabel="method", ylabel=ylabel, ylim=(0, 1.05))
         ax.grid(axis="y", alpha=0.3)
-    fig.savefig(path)
-    return path
+    return _save(fig, path)

@@ -6,7 +6,8 @@ import base64
 import html
 import re
 from collections.abc import Mapping, Sequence
-from pathlib import Path
+
+from etils import epath
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; line-height: 1.45; }
@@ -38,12 +39,12 @@ def _table(table) -> str:
     return f"{title}<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _figure(name: str, path: Path) -> str:
-    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+def _figure(name: str, path: epath.PathLike) -> str:
+    data = base64.b64encode(epath.Path(path).read_bytes()).decode("ascii")
     return f'<figure><img alt="{html.escape(name)}" src="data:image/png;base64,{data}"></figure>'
 
 
-def render(title: str, sections: Sequence, figures: Mapping[str, Path]) -> str:
+def render(title: str, sections: Sequence, figures: Mapping[str, epath.PathLike]) -> str:
     """The HTML page: each section's paragraphs, tables, embedded figures and bullet list, in order."""
     parts = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>",
              f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>"]

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from pathlib import Path
+
+from etils import epath
 
 from lmc_jax.evaluate import families, figures, html_report
 from lmc_jax.evaluate.families.layout import Section, Table, method_table, site_table
@@ -185,14 +186,14 @@ def render_markdown(metrics: Mapping, figure_names: list[str] = ()) -> str:
     return "\n".join(parts)
 
 
-def write_report(metrics: Mapping, out_dir: str | Path, *,
-                 projections: Mapping[str, figures.Projection] | None = None) -> dict[str, Path]:
+def write_report(metrics: Mapping, out_dir: epath.PathLike, *,
+                 projections: Mapping[str, figures.Projection] | None = None) -> dict[str, epath.Path]:
     """Write metrics.json, report.md, report.html and the PNGs into out_dir; return their paths by kind.
 
     PNGs: embeddings (when projections are given: method → Projection of its held-out embeddings), auc,
-    reliability, signatures.
+    reliability, signatures. `out_dir` may be remote (gs://...): every file goes through etils.epath.
     """
-    out = Path(out_dir)
+    out = epath.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"metrics": out / "metrics.json"}
     paths["metrics"].write_text(json.dumps(metrics, indent=2, ensure_ascii=False, allow_nan=False) + "\n", "utf-8")

@@ -1,39 +1,39 @@
 """Writes an export directory atomically: everything goes to a temporary sibling, then one rename.
 
 A failure at any point leaves no partial output; an existing output is replaced only when asked.
+Paths go through etils.epath, so `output` may be remote (gs://...); there a folder rename is a copy and a
+delete, not atomic, but a failed export still leaves only the hidden staging folder's remains behind.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import pathlib
-import shutil
-import tempfile
 import uuid
 from typing import Any, Callable, Mapping
 
 import numpy as np
+from etils import epath
 from safetensors.numpy import save
 
 SAFETENSORS_METADATA = {"format": "pt"}  # what torch-side loaders (timm, transformers) expect
 
 
 def write_export(
-    output: str | pathlib.Path,
+    output: epath.PathLike,
     tensor_files: Mapping[str, Mapping[str, np.ndarray]],
     config: Mapping[str, Any],
     *,
     overwrite: bool = False,
-    check: Callable[[pathlib.Path], None] | None = None,
-) -> list[pathlib.Path]:
+    check: Callable[[epath.Path], None] | None = None,
+) -> list[epath.Path]:
     """Writes `{file name: tensors}` as safetensors and `config` as config.json into `output`.
 
     `check(staging_dir)` runs on the complete files before they are moved into place; if it
     raises, nothing is written. Returns the written paths. An existing non-empty `output`
     raises unless `overwrite`.
     """
-    output = pathlib.Path(output).absolute()
+    output = epath.Path(output) if "://" in str(output) else epath.Path(os.path.abspath(output))
     if output.exists() and not output.is_dir():
         raise FileExistsError(f"export output {output} exists and is not a directory; choose another config.output.")
     if output.is_dir() and any(output.iterdir()) and not overwrite:
@@ -51,22 +51,29 @@ def write_export(
             check(staging)
         _swap_into_place(staging, output)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        _remove(staging)
         raise
     return [output / name for name in (*tensor_files, "config.json")]
 
 
-def _swap_into_place(staging: pathlib.Path, output: pathlib.Path) -> None:
+def _remove(path: epath.Path) -> None:
+    try:
+        path.rmtree(missing_ok=True)
+    except OSError:
+        pass
+
+
+def _swap_into_place(staging: epath.Path, output: epath.Path) -> None:
     """Renames `staging` to `output`; an old `output` is moved aside first and deleted after."""
     if not output.exists():
-        os.replace(staging, output)
+        staging.rename(output)
         return
-    old = pathlib.Path(tempfile.mkdtemp(prefix=f".{output.name}.old-", dir=output.parent))
-    os.replace(output, old / output.name)
+    old = output.parent / f".{output.name}.old-{uuid.uuid4().hex[:12]}"
+    output.rename(old)
     try:
-        os.replace(staging, output)
+        staging.rename(output)
     except BaseException:
-        os.replace(old / output.name, output)
+        old.rename(output)
         raise
     finally:
-        shutil.rmtree(old, ignore_errors=True)
+        _remove(old)
