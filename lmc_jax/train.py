@@ -2,6 +2,13 @@
 
 The step's loss is the sum of the terms `config.objectives` names (`lmc_jax.objectives`): LMC is the
 cross-correlation term alone, the DANN baseline adds the adversarial domain term.
+
+The loop never checkpoints a diverged state: before every save the whole state must be finite and its
+largest weight (params, EMA) at most `DIVERGENCE_FACTOR` × max(1, the run's largest weight at
+initialisation), a config-free bound that healthy AdamW runs stay far below (their weights move by about
+the learning rate per step) and that a blown-up run crosses within a step or two. A diverged loss or state
+raises `DivergedError` naming the step, the newest (good) checkpoint and the fix. The workdir is held by
+`lmc_jax.workdir` for the whole run (lock, config check, `resume=False` moves the old run aside).
 """
 
 from __future__ import annotations
@@ -21,8 +28,11 @@ import optax
 from flax import nnx
 
 from data_pipelines import input_pipeline
-from lmc_jax import objectives, parallel
+from jax.experimental import multihost_utils
+
+from lmc_jax import objectives, parallel, workdir as workdir_lib
 from lmc_jax.checkpoint import Checkpointer, abstract_like
+from lmc_jax.errors import UserError
 from lmc_jax.export.load import apply_init_from
 from lmc_jax.models.vit import build_model
 from lmc_jax.preemption import Preempted, PreemptionWatch
@@ -30,6 +40,12 @@ from lmc_jax.throughput import compiled_flops, mfu
 from lmc_jax.writers import MetricWriter
 
 State = dict[str, Any]  # {"step": int32, "params": pure dict, "opt_state": optax state[, "ema_params"]}
+DIVERGENCE_FACTOR = 1e3  # diverged: max |weight| > DIVERGENCE_FACTOR × max(1, max |weight| at initialisation)
+
+
+class DivergedError(UserError, FloatingPointError):
+    """A non-finite loss or runaway weights; the state was not checkpointed. The message names the step, the
+    newest (good) checkpoint and the fix."""
 
 @dataclasses.dataclass(frozen=True)
 class Trainer:
@@ -116,6 +132,14 @@ def abstract_state(trainer: Trainer) -> State:
     return abstract_like(jax.eval_shape(_init_fn(trainer)), trainer.state_shardings)
 
 
+def state_signature(config: ml_collections.ConfigDict) -> list[tuple[str, tuple, str]]:
+    """(path, shape, dtype) of every leaf of the train state `config` builds, allocating nothing: what a
+    checkpoint of the run must match (`lmc_jax.workdir` compares it across configs)."""
+    trainer = make_trainer(config, parallel.make_mesh(1, 1, devices=jax.local_devices()[:1]))
+    leaves = jax.tree_util.tree_flatten_with_path(jax.eval_shape(_init_fn(trainer)))[0]
+    return [(jax.tree_util.keystr(path), tuple(leaf.shape), str(leaf.dtype)) for path, leaf in leaves]
+
+
 def loss_and_metrics(
     params: dict,
     graphdef: nnx.GraphDef,
@@ -190,41 +214,126 @@ def compile_step(trainer: Trainer) -> Callable[[State, jax.Array, jax.Array], tu
     )
 
 
-def _check_finite(metrics: dict[str, float], step: int) -> None:
+@jax.jit
+def _state_health(state: State) -> tuple[jax.Array, jax.Array]:
+    """(every float leaf finite, max |weight| over params and EMA) of a state, on device."""
+    floats = [leaf for leaf in jax.tree.leaves(state) if jnp.issubdtype(leaf.dtype, jnp.floating)]
+    weights = jax.tree.leaves([state[k] for k in ("params", "ema_params") if k in state])
+    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in floats]))
+    return finite, jnp.max(jnp.stack([jnp.max(jnp.abs(leaf)) for leaf in weights]))
+
+
+def _fix(config: ml_collections.ConfigDict, last_good: int | None) -> str:
+    """The way out of a divergence: a lower learning rate, resuming from the newest (good) checkpoint."""
+    rerun = f"rerun with a lower learning rate (e.g. --config.optimizer.learning_rate={config.optimizer.learning_rate / 10:g})"
+    if last_good is None:
+        return f"No state was checkpointed before it: {rerun}; the run starts from scratch."
+    return (f"The newest checkpoint, step {last_good}, is the last good state: {rerun} and --config.resume=True "
+            f"to resume from step {last_good}.")
+
+
+def _check_finite(metrics: dict[str, float], step: int,
+                  fix: str = "Lower optimizer.learning_rate or check the input data.") -> None:
     bad = [name for name, value in metrics.items() if not np.isfinite(value)]
     if bad:
-        raise FloatingPointError(
+        raise DivergedError(
             f"step {step}: {', '.join(f'{n}={metrics[n]}' for n in bad)} is not finite; training stopped "
-            "without checkpointing this state. Lower optimizer.learning_rate or check the input data."
+            f"without checkpointing this state. {fix}"
         )
 
 
-def _restore_or_init(trainer: Trainer, checkpointer: Checkpointer, data_iter, workdir: epath.Path) -> tuple[State, dict]:
-    """Resume is the default: newest restorable checkpoint in the workdir, else `init_from` weights, else scratch."""
+def _check_state(state: State, step: int, limit: float, fix: str) -> None:
+    """Raises DivergedError unless `state` is finite with max |weight| ≤ `limit`: what may be checkpointed."""
+    finite, largest = (float(x) for x in jax.device_get(_state_health(state)))
+    if not finite or not largest <= limit:
+        what = "the state holds non-finite values" if not finite else f"max |weight| = {largest:.3g} > {limit:.3g}"
+        raise DivergedError(f"step {step}: the weights diverged ({what}); training stopped without "
+                            f"checkpointing this state. {fix}")
+
+
+def _weight_limit(state: State) -> float:
+    """DIVERGENCE_FACTOR × max(1, the state's max |weight|): the bound of this run, fixed at initialisation."""
+    return DIVERGENCE_FACTOR * max(1.0, float(jax.device_get(_state_health(state))[1]))
+
+
+def _has_checkpoints(workdir: epath.Path) -> bool:
+    directory = workdir / "checkpoints"
+    return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
+
+
+def _claim_workdir(lock: workdir_lib.WorkdirLock, config: ml_collections.ConfigDict, workdir: epath.Path) -> None:
+    """Process 0: lock the workdir; then move the old run aside (resume=False) or check the config resumes it."""
+    lock.acquire()
+    try:
+        if not config.resume:
+            workdir_lib.move_aside(workdir)
+        else:
+            workdir_lib.check_config(workdir, config, state_signature, _has_checkpoints(workdir))
+    except BaseException:
+        lock.release()
+        raise
+
+
+def _on_process_zero(fn: Callable[[], None]) -> None:
+    """Runs `fn` on process 0; when it raises a UserError every process raises, so none is left waiting."""
+    error = None
+    if jax.process_index() == 0:
+        try:
+            fn()
+        except UserError as raised:
+            error = raised
+    if jax.process_count() > 1 and bool(multihost_utils.broadcast_one_to_all(np.asarray(error is not None))):
+        error = error or workdir_lib.WorkdirError("process 0 refused the workdir; its log says why")
+    if error is not None:
+        raise error
+
+
+def _restore_or_init(trainer: Trainer, checkpointer: Checkpointer, data_iter,
+                     workdir: epath.Path) -> tuple[State, dict, int | None]:
+    """Resume is the default: newest restorable checkpoint in the workdir, else `init_from` weights, else scratch.
+
+    Returns (state, meta, the restored step or None); meta["weight_limit"] is the run's divergence bound."""
     if trainer.config.resume:
         restored = checkpointer.restore_latest(abstract_state(trainer), data_iter)
         if restored is not None:
             step, state, meta = restored
             logging.info("resumed %s from step %d", workdir, step)
-            return state, meta
-    return apply_init_from(trainer.config, init_state(trainer), trainer.state_shardings), {}
+            meta.setdefault("weight_limit", _weight_limit(state))  # checkpoints written before the bound existed
+            return state, meta, step
+    state = apply_init_from(trainer.config, init_state(trainer), trainer.state_shardings)
+    return state, {"weight_limit": _weight_limit(state)}, None
 
 
 def train(config: ml_collections.ConfigDict, workdir: epath.PathLike, mesh: jax.sharding.Mesh | None = None) -> State:
     """Trains from scratch or resumes from `workdir/checkpoints`; returns the final state.
 
-    SIGTERM makes it checkpoint the step in progress and raise `Preempted`; a non-finite metric
-    raises FloatingPointError before that state is saved.
+    The workdir is locked for the whole run (`lmc_jax.workdir`). SIGTERM makes it checkpoint the step in
+    progress and raise `Preempted`; a non-finite metric or diverged weights raise DivergedError before that
+    state is saved.
     """
     workdir = epath.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     mesh = mesh or parallel.make_mesh(config.mesh.data, config.mesh.fsdp)
     trainer = make_trainer(config, mesh)
+    lock = workdir_lib.WorkdirLock(workdir)
+    _on_process_zero(functools.partial(_claim_workdir, lock, config, workdir))
+    try:
+        return _train_locked(trainer, workdir)
+    finally:
+        lock.release()
+
+
+def _train_locked(trainer: Trainer, workdir: epath.Path) -> State:
+    config, mesh = trainer.config, trainer.mesh
     data_iter = input_pipeline.make_train_iterator(
         config, config.data.data_dir, process_index=jax.process_index(), process_count=jax.process_count()
     )
     checkpointer = Checkpointer(workdir / "checkpoints", max_to_keep=config.checkpoint.max_to_keep)
-    state, meta = _restore_or_init(trainer, checkpointer, data_iter, workdir)
+    try:
+        state, meta, last_good = _restore_or_init(trainer, checkpointer, data_iter, workdir)
+    except BaseException:
+        checkpointer.close()
+        raise
     if jax.process_index() == 0:
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
     base_key = jax.random.key(config.seed)
@@ -246,7 +355,7 @@ def train(config: ml_collections.ConfigDict, workdir: epath.PathLike, mesh: jax.
             writer.progress(done, metrics)
             if done % config.log_every_steps == 0 or done == config.num_steps:
                 values = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                _check_finite(values, done)
+                _check_finite(values, done, _fix(config, last_good))
                 elapsed = time.perf_counter() - tick
                 seconds_per_step = elapsed / max(done - tick_step, 1)
                 values["images_per_sec"] = config.batch_size / max(seconds_per_step, 1e-9)
@@ -259,8 +368,11 @@ def train(config: ml_collections.ConfigDict, workdir: epath.PathLike, mesh: jax.
                 tick, tick_step = time.perf_counter(), done
             preempted = preemption.requested()
             if preempted or done % config.checkpoint.every_steps == 0 or done == config.num_steps:
-                _check_finite({"loss": float(jax.device_get(metrics["loss"]))}, done)
-                checkpointer.save(done, state, data_iter, {"step": done, "images_seen": images_seen})
+                _check_finite({"loss": float(jax.device_get(metrics["loss"]))}, done, _fix(config, last_good))
+                _check_state(state, done, meta["weight_limit"], _fix(config, last_good))
+                checkpointer.save(done, state, data_iter,
+                                  {"step": done, "images_seen": images_seen, "weight_limit": meta["weight_limit"]})
+                last_good = done
             if preempted:
                 raise Preempted(done)
     finally:  # on any exit, finish the saves already started: they are complete states
@@ -268,5 +380,3 @@ def train(config: ml_collections.ConfigDict, workdir: epath.PathLike, mesh: jax.
         checkpointer.close()
         writer.close()
     return state
-
-
