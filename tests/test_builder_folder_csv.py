@@ -9,6 +9,7 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from data_pipelines import build
 from data_pipelines.builders import common
 from data_pipelines.builders.folder_csv import FolderCsvConfig, build_dataset
 
@@ -209,3 +210,10 @@ def test_a_latin1_csv_names_file_and_line(tmp_path):
     (root / "index.csv").write_bytes("path,label,domain,patient\na.png,0,s,p\nb.png,0,Zürich,p\n".encode("latin-1"))
     with pytest.raises(ValueError, match=r"data/index\.csv line 3: byte 0xfc is not UTF-8 .*save the CSV as UTF-8"):
         build_dataset(tmp_path / "tfds", root)
+
+
+def test_build_command_line_prints_the_error_as_one_line(tmp_path, capsys):
+    root = small_folder(tmp_path / "data", [["../x.png", "0", "s", "p", "train"]])
+    assert build.main(["--name", "folder_csv", "--data_dir", str(tmp_path / "tfds"), "--manual_dir", str(root)]) == 1
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and error.startswith("error: ") and "index.csv line 2: path '../x.png'" in error

@@ -145,13 +145,15 @@ def test_method_settings_and_reference_errors(folder):
 
 @pytest.fixture(scope="module")
 def odd_folder(folder, tmp_path_factory) -> pathlib.Path:
-    """Tiles that are not plain 8-bit RGB: RGBA PNG and TIFF, 16-bit RGB PNG and TIFF, grey and palette PNG."""
+    """Tiles that are not plain 8-bit RGB: RGBA PNG and TIFF (and a PNG named .jpg), 16-bit RGB PNG and TIFF,
+    grey and palette PNG."""
     tiles, _ = stain_tiles.slide_tiles(size=64)
     root = tmp_path_factory.mktemp("odd")
     (root / "in").mkdir()
     alpha = np.random.default_rng(0).integers(0, 256, (64, 64, 1), dtype=np.uint8)
     Image.fromarray(np.concatenate([tiles[0], alpha], axis=-1)).save(root / "in" / "rgba.png")
     Image.fromarray(np.concatenate([tiles[1], alpha], axis=-1)).save(root / "in" / "rgba.tif")
+    Image.fromarray(np.concatenate([tiles[5], alpha], axis=-1)).save(root / "in" / "masked.jpg", format="PNG")
     deep = tiles[2].astype(np.uint16) * 257 + np.random.default_rng(1).integers(-128, 129, (64, 64, 3))
     deep = np.clip(deep, 0, 65535).astype(np.uint16)
     (root / "in" / "deep.png").write_bytes(imagecodecs.png_encode(deep))
@@ -166,6 +168,8 @@ def odd_folder(folder, tmp_path_factory) -> pathlib.Path:
 def test_alpha_is_kept_byte_for_byte(odd_folder):
     summary = normalize_mode.run(_config(odd_folder, "out_alpha", method="reinhard"))
     assert summary["alpha_kept"] == ["rgba.png", "rgba.tif"] and summary["counts"]["alpha_kept"] == 2
+    assert summary["alpha_dropped"] == [{"file": "masked.jpg", "reason": ".jpg cannot store alpha"}]
+    assert Image.open(odd_folder / "out_alpha" / "masked.jpg").format == "JPEG"
     params = normalize_mode._load_params(_config(odd_folder, "unused", method="reinhard"), reinhard.ReinhardConfig())
     for name in ("rgba.png", "rgba.tif"):
         source, written = (np.asarray(Image.open(odd_folder / d / name)) for d in ("in", "out_alpha"))
@@ -183,7 +187,7 @@ def test_16bit_grey_and_palette_are_converted_and_counted(odd_folder):
         "deep.png": "16-bit RGB scaled to 8 bits (rounded)", "deep.tif": "16-bit RGB scaled to 8 bits (rounded)",
         "grey.png": "grayscale (L) converted to RGB", "palette.png": "palette (P) converted to RGB",
     }
-    assert summary["counts"]["converted"] == 4 and summary["counts"]["normalized"] == 5
+    assert summary["counts"]["converted"] == 4 and summary["counts"]["normalized"] == 6
     assert log["flagged"] == [{"file": "grey.png", "flag": "degenerate"}]  # one grey channel: no two stains
     deep = np.load(odd_folder / "deep.npy")
     rounded = np.round(deep / 257.0).astype(np.uint8)  # not the high byte (deep >> 8), which Pillow returns

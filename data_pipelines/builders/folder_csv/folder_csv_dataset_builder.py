@@ -16,7 +16,7 @@ native-resolution tiles. Skips are warned about and listed, with the reason, und
 `metadata.json`, and counted by kind under "skip_counts": files that exist but cannot be decoded, images
 smaller than a tile in tile mode, and rows naming a file an earlier row already named (the later row is
 skipped). A config with `strict=True` makes any skip fatal. Missing files, paths outside the folder and a CSV
-that is not UTF-8 stop the build with a ValueError naming the file, the line and the fix.
+that is not UTF-8 stop the build with a one-line DataError (a ValueError) naming the file, the line and the fix.
 `metadata.json` also records `label_names` (null for integer labels).
 `tile_id` = 10,000 x (CSV data row, from 0) + tile index; `coords` = the tile's top-left (y, x) in the image.
 """
@@ -33,6 +33,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 
+from data_pipelines.build import DataError  # a ValueError the build command line prints as one `error:` line
 from data_pipelines.builders import common
 
 INDEX_NAME = "index.csv"
@@ -78,7 +79,7 @@ def _read_text(csv_path: pathlib.Path) -> str:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
         line = data[: error.start].count(b"\n") + 1
-        raise ValueError(
+        raise DataError(
             f"{csv_path} line {line}: byte {data[error.start]:#04x} is not UTF-8 ({error.reason}); "
             "save the CSV as UTF-8 (e.g. from a Latin-1 / Windows-1252 export)."
         ) from None
@@ -87,7 +88,7 @@ def _read_text(csv_path: pathlib.Path) -> str:
 def _skip_duplicate(csv_path: pathlib.Path, line: int, path: pathlib.Path, first: int, strict: bool) -> dict[str, str]:
     """The record of a row naming the file of an earlier row (logged), or ValueError when `strict`."""
     if strict:
-        raise ValueError(f"{csv_path} line {line}: {path} was already named on line {first}; remove the duplicate "
+        raise DataError(f"{csv_path} line {line}: {path} was already named on line {first}; remove the duplicate "
                          "row, or build with strict=False to skip it (skips are counted in metadata.json).")
     return common.log_skip(path, f"duplicate row (line {line} names the file of line {first})", csv_path.parent)
 
@@ -100,7 +101,7 @@ def read_index(csv_path: pathlib.Path, *, allow_outside: bool = False, strict: b
     header = [name.strip() for name in reader.fieldnames or []]
     missing = [name for name in REQUIRED_COLUMNS if name not in header]
     if missing:
-        raise ValueError(
+        raise DataError(
             f"{csv_path}: missing column(s) {missing}; found {header}. The header must name "
             f"{', '.join(REQUIRED_COLUMNS)} (optionally split)."
         )
@@ -113,10 +114,10 @@ def read_index(csv_path: pathlib.Path, *, allow_outside: bool = False, strict: b
         values = {key: (record.get(key) or "").strip() for key in (*REQUIRED_COLUMNS, "split")}
         empty = [key for key in ("path", "domain", "patient", "split") if key in header and not values[key]]
         if empty:
-            raise ValueError(f"{csv_path} line {line}: empty {empty}; only `label` may be empty.")
+            raise DataError(f"{csv_path} line {line}: empty {empty}; only `label` may be empty.")
         path = pathlib.Path(os.path.normpath(folder / values["path"]))  # an absolute path replaces the folder
         if not allow_outside and not path.is_relative_to(folder):
-            raise ValueError(
+            raise DataError(
                 f"{csv_path} line {line}: path {values['path']!r} lies outside the CSV's folder {folder}; move the "
                 "file into that folder, or build with FolderCsvConfig(allow_outside=True)."
             )
@@ -127,7 +128,7 @@ def read_index(csv_path: pathlib.Path, *, allow_outside: bool = False, strict: b
         rows.append(Row(number, path, values["label"], values["domain"], values["patient"],
                         values["split"] if has_split else None, line))
     if not rows:
-        raise ValueError(f"{csv_path} has a header but no rows.")
+        raise DataError(f"{csv_path} has a header but no rows.")
     return Index(rows, skipped)
 
 
@@ -138,10 +139,10 @@ def encode_labels(values: list[str]) -> tuple[dict[str, int], list[str] | None]:
         numbers = {v: int(v) for v in present}
     except ValueError:
         if "-1" in present:
-            raise ValueError("Labels mix names with -1; mark unlabelled rows with an empty label.") from None
+            raise DataError("Labels mix names with -1; mark unlabelled rows with an empty label.") from None
         return {"": -1, **{name: index for index, name in enumerate(present)}}, present
     if any(n < -1 for n in numbers.values()):
-        raise ValueError(f"Integer labels must be >= 0 (or -1 = unlabelled); got {sorted(set(numbers.values()))}.")
+        raise DataError(f"Integer labels must be >= 0 (or -1 = unlabelled); got {sorted(set(numbers.values()))}.")
     return {"": -1, **numbers}, None
 
 
@@ -209,7 +210,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Iterator]:
         cfg = self.builder_config
         if cfg.mode not in ("resize", "tile"):
-            raise ValueError(f"FolderCsvConfig {cfg.name!r}: mode must be 'resize' or 'tile', got {cfg.mode!r}.")
+            raise DataError(f"FolderCsvConfig {cfg.name!r}: mode must be 'resize' or 'tile', got {cfg.mode!r}.")
         manual_dir = pathlib.Path(dl_manager.manual_dir)
         index = validate(manual_dir, cfg)
         rows = index.rows
@@ -248,7 +249,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     def _skip_image(self, row: Row, reason: str, manual_dir: pathlib.Path) -> None:
         """Skip an image (ValueError naming it when the config is strict)."""
         if self.builder_config.strict:
-            raise ValueError(f"{row.path} (index line {row.line}): {reason}; fix or remove the file, or build with "
+            raise DataError(f"{row.path} (index line {row.line}): {reason}; fix or remove the file, or build with "
                              "strict=False to skip it (skips are counted in metadata.json).")
         self._record_skip(common.log_skip(row.path, reason, manual_dir))
 
@@ -259,7 +260,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             return [common.fit_square(image, size)]
         origins = common.grid_origins(*image.shape[:2], size)
         if len(origins) > _MAX_TILES_PER_IMAGE:
-            raise ValueError(
+            raise DataError(
                 f"{path} gives {len(origins)} tiles of {size}px, more than {_MAX_TILES_PER_IMAGE}: index smaller "
                 "images, use a larger tile or mode='resize' (whole slides belong in a WSI builder such as camelyon16)."
             )
