@@ -138,14 +138,24 @@ def _parse_flags(argv: list[str]) -> list[str]:
         sys.exit(f"error: {message}")
 
 
-def _no_space(error: BaseException) -> OSError | None:
-    """The OSError(ENOSPC) in `error`'s chain (causes and contexts), if any."""
+def _chain(error: BaseException | None):
+    """`error` and its causes and contexts, outermost first."""
     seen = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
-        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
-            return error
+        yield error
         error = error.__cause__ or error.__context__
+
+
+def _no_space(error: BaseException) -> OSError | None:
+    """The OSError(ENOSPC) in `error`'s chain, or one made from an error whose text says so (TensorStore's
+    checkpoint writes report ENOSPC as text); None when the disk is not full."""
+    for link in _chain(error):
+        if isinstance(link, OSError) and link.errno == errno.ENOSPC:
+            return link
+    for link in _chain(error):
+        if "No space left on device" in str(link):
+            return OSError(errno.ENOSPC, "No space left on device")
     return None
 
 
@@ -154,6 +164,16 @@ def no_space_message(error: OSError, workdir: str | None) -> str:
     where = error.filename or workdir or "the output folder"
     return (f"no space left on the device writing {where}: free space there (or point --workdir / config.data.data_dir "
             "at a larger disk) and run the same command again; a training run resumes from its last checkpoint")
+
+
+def _missing_remote_filesystem(error: BaseException) -> str | None:
+    """One line when a gs:// / s3:// path needs an fsspec package that is not installed (gcsfs, s3fs)."""
+    text = str(error)
+    for package, scheme in (("gcsfs", "gs://"), ("s3fs", "s3://"), ("adlfs", "az://")):
+        if isinstance(error, ImportError) and package in text:
+            return f"{scheme} paths need the {package} package: pip install {package} (or TensorFlow, whose tf.io.gfile " \
+                   "etils.epath then uses), then run the same command again"
+    return None
 
 
 def main(argv: list[str]) -> None:
@@ -171,11 +191,12 @@ def main(argv: list[str]) -> None:
     except Preempted as preempted:
         logging.warning("%s", preempted)
         sys.exit(PREEMPTED_EXIT_CODE)
-    except Exception as error:  # pylint: disable=broad-except - a full disk is the user's to fix; the rest re-raises
+    except Exception as error:  # pylint: disable=broad-except - a full disk or a missing gcsfs is the user's to fix
         full = _no_space(error)
-        if full is None or _debugging():
+        message = no_space_message(full, _WORKDIR.value) if full is not None else _missing_remote_filesystem(error)
+        if message is None or _debugging():
             raise
-        sys.exit(f"error: {no_space_message(full, _WORKDIR.value)}")
+        sys.exit(f"error: {message}")
 
 
 def _dispatch(argv: list[str]) -> None:

@@ -101,6 +101,7 @@ def test_a_full_disk_is_one_line_naming_the_path(monkeypatch, capsys):
     import errno
 
     import pytest
+    from absl import flags
 
     from lmc_jax import main as entry
 
@@ -119,9 +120,30 @@ def test_a_full_disk_is_one_line_naming_the_path(monkeypatch, capsys):
         "config.data.data_dir at a larger disk) and run the same command again; a training run resumes from its "
         "last checkpoint")
 
+    def tensorstore_full(_argv):
+        raise ValueError("Error writing local file \"/w/checkpoints/6/state/d/1\": [OS error: No space left on device]")
+
+    monkeypatch.setattr(entry, "_dispatch", tensorstore_full)
+    monkeypatch.setattr(flags.FLAGS, "workdir", "/w")
+    with pytest.raises(SystemExit) as exited:
+        entry.main(["lmc_jax.main"])
+    assert str(exited.value.code).startswith("error: no space left on the device writing /w: free space there")
+
     def broken(_argv):
         raise OSError(errno.EACCES, "Permission denied", "/w")
 
     monkeypatch.setattr(entry, "_dispatch", broken)
     with pytest.raises(PermissionError):  # anything else keeps its traceback
         entry.main(["lmc_jax.main"])
+
+
+def test_a_bucket_path_without_gcsfs_says_what_to_install(tmp_path):
+    import importlib.util  # pylint: disable=import-outside-toplevel
+
+    import pytest  # pylint: disable=import-outside-toplevel
+
+    if importlib.util.find_spec("gcsfs") or importlib.util.find_spec("tensorflow"):
+        pytest.skip("gs:// is served here (gcsfs or TensorFlow installed)")
+    line = _one_error_line(_main("--config", "configs/default.py", "--config.data.data_dir=gs://bucket/tfds",
+                                 "--workdir", str(tmp_path / "w")))
+    assert line.startswith("error: gs:// paths need the gcsfs package: pip install gcsfs")
