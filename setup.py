@@ -13,6 +13,7 @@ setup(
         "Programming Language :: Python :: 3",
         "Programming Language :: Python :: 3 :: Only",
         "Programming Language :: Python :: 3.11",
+        "Programming Language :: Python :: 3.12",
         "Operating System :: POSIX :: Linux",
     ],
     packages=find_packages(include=["lmc_jax", "lmc_jax.*", "data_pipelines", "data_pipelines.*"]),

