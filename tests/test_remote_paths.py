@@ -2,9 +2,10 @@
 `gs:/...` or `/gs/...` folder.
 
 The fake is fsspec's in-memory file system registered as the `gs`/`gcs` protocol, which is what epath uses for
-gs:// without TensorFlow (gcsfs on a real machine). A whole training run cannot run on it: orbax writes arrays
-through TensorStore's own GCS driver and TFDS reads array_record shards in C++, neither of which sees fsspec; so
-each writer (metrics, TensorBoard, report, export) and the data-dir handling is tested here on its own.
+gs:// without TensorFlow (gcsfs on a real machine). Orbax writes arrays through TensorStore's own GCS driver and
+TFDS reads array_record shards in C++, neither of which sees fsspec: so the tiny training run here keeps its
+checkpoints (and its data) in local folders and writes everything else (config.json, metrics.jsonl, tensorboard/)
+to the bucket; each other writer (report, export) and the data-dir handling is tested on the bucket on its own.
 """
 
 import json
@@ -139,3 +140,23 @@ def test_the_default_data_dir_is_tfds_data_dir_when_set(monkeypatch):
     assert default_config().data.data_dir == f"{BUCKET}/tfds"
     monkeypatch.delenv("TFDS_DATA_DIR")
     assert default_config().data.data_dir.endswith(os.path.join("data", "tfds"))
+
+
+def test_a_tiny_training_run_writes_config_metrics_and_tensorboard_to_the_bucket(bucket, tmp_path, monkeypatch,
+                                                                                  tiny_data_dir):
+    from lmc_jax import train  # pylint: disable=import-outside-toplevel
+    from tests.conftest import TINY_BUILDER  # pylint: disable=import-outside-toplevel
+    from tests.tiny_config import tiny_config  # pylint: disable=import-outside-toplevel
+
+    config = tiny_config()
+    config.data.data_dir, config.data.builder_config = str(tiny_data_dir), TINY_BUILDER
+    local_checkpoints = tmp_path / "checkpoints"
+    orbax_checkpointer = train.Checkpointer
+    monkeypatch.setattr(train, "Checkpointer", lambda directory, **kw: orbax_checkpointer(local_checkpoints, **kw))
+    train.train(config, bucket / "run")
+    run = bucket / "run"
+    assert json.loads((run / "config.json").read_text())["num_steps"] == config.num_steps
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(config.log_every_steps, config.num_steps + 1, config.log_every_steps))
+    assert [p.name[:20] for p in (run / "tensorboard").iterdir()] == ["events.out.tfevents."]
+    assert sorted(p.name for p in local_checkpoints.iterdir() if p.name.isdigit())[-1] == str(config.num_steps)
