@@ -102,14 +102,37 @@ def _flag_error(argv: list[str], error: flags.Error) -> str:
     text = str(error).strip().splitlines()[0]
     if "--config must have a value other than None" in text or "--config=None" in text:
         return "--config is missing: pass a config file, e.g. --config configs/default.py (the files are in configs/)"
+    if text.startswith("--config.") and ": give a tuple of " in text:
+        return text
     if text.startswith("flag --config.") and ":" in text:
         flag, reason = text[len("flag "):].split(": ", 1)
         key = flag[len("--config."):].split("=", 1)[0]
         parent, last = _lookup(_load_config(_config_path(argv)), key)
-        kind = f"of type {type(parent[last]).__name__}, like its default {parent[last]!r}" if parent is not None and \
-            last in parent else "of the type its default has"
-        return f"{flag}: {reason}; give config.{key} a value {kind}"
+        if parent is None or last not in parent:
+            return f"{flag}: {reason}; give config.{key} a value of the type its default has"
+        default = parent[last]
+        if hasattr(default, "keys"):
+            return f"{flag}: {reason}; config.{key} is a group: set its keys one at a time (--config.{key}.<key>=...)"
+        return f"{flag}: {reason}; give config.{key} a value of type {type(default).__name__}, like its default {default!r}"
     return f"{text} (see --helpshort)"
+
+
+def _tuple_of_wrong_type(argv: list[str]) -> str | None:
+    """The message for a tuple override whose items are not of its default's item type (config_flags keeps
+    `--config.model.projector_dims=abc` as ('abc',)); None when every override fits."""
+    overrides = config_flags.get_override_values(flags.FLAGS["config"])
+    tuples = {key: value for key, value in overrides.items() if isinstance(value, tuple)}
+    config = _load_config(_config_path(argv)) if tuples else None
+    for key, value in tuples.items():
+        parent, last = _lookup(config, key)
+        default = parent[last] if parent is not None and last in parent else None
+        kinds = {type(item) for item in default} if isinstance(default, tuple) else set()
+        if len(kinds) != 1 or (kind := kinds.pop()) not in (int, float, str, bool):
+            continue
+        fits = (kind,) if kind in (str, bool) else (int, float) if kind is float else (int,)
+        if not all(isinstance(item, fits) and (kind is bool or not isinstance(item, bool)) for item in value):
+            return f"--config.{key}={value!r}: give a tuple of {kind.__name__}, like its default {default!r}"
+    return None
 
 
 def _missing_config_file(argv: list[str]) -> str:
@@ -123,6 +146,9 @@ def _parse_flags(argv: list[str]) -> list[str]:
         remaining = flags.FLAGS(argv)
         if _CONFIG.value is not None:
             _CONFIG.value.get("mode")  # a config file that failed to load raises here, not at parse time
+            wrong = _tuple_of_wrong_type(argv)
+            if wrong is not None:
+                raise flags.IllegalFlagValueError(wrong)
         return remaining
     except Exception as error:  # pylint: disable=broad-except - mapped to a message or re-raised
         if _debugging(argv):

@@ -46,6 +46,10 @@ def test_wrong_type_names_the_key_and_its_type():
     line = _one_error_line(_main("--config", "configs/default.py", "--config.batch_size=abc"))
     assert line == ("error: --config.batch_size=abc: invalid literal for int() with base 10: 'abc'; "
                     "give config.batch_size a value of type int, like its default 64")
+    line = _one_error_line(_main("--config", "configs/default.py", "--config.model.projector_dims=abc"))
+    assert line == "error: --config.model.projector_dims=('abc',): give a tuple of int, like its default (512, 512, 512)"
+    line = _one_error_line(_main("--config", "configs/default.py", "--config.optimizer=3"))
+    assert line.endswith("config.optimizer is a group: set its keys one at a time (--config.optimizer.<key>=...)")
 
 
 def test_missing_config_file_and_missing_config_flag():
