@@ -32,7 +32,6 @@ def test_default_and_tiny_configs_are_valid():
         ("eval.normalizers", ("macenko", "staintools"), "config.eval.normalizers"),
         ("objectives", ("cross_correlation", "supervised"), "config.objectives"),
         ("objectives", (), "config.objectives"),
-        ("eval.use_ema", "yes", "config.eval.use_ema"),
     ],
 )
 def test_bad_values_name_their_key(key, value, message):

@@ -16,8 +16,10 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+from etils import epath
 
 from lmc_jax import runs
+from lmc_jax.checkpoint import absolute
 from lmc_jax.errors import UserError, require
 from lmc_jax.export import parity
 from lmc_jax.export.timm import LAYER_NORM_EPS, hub_config, projector_to_torch, timm_spec, to_timm
@@ -64,12 +66,12 @@ def _parity_check(config: ml_collections.ConfigDict, encoder_params: dict, model
     return check
 
 
-def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path | None) -> dict:
+def run(config: ml_collections.ConfigDict, workdir: epath.PathLike | None) -> dict:
     """Exports config.checkpoint's encoder (and projector if asked) to config.output (default workdir/export)."""
     validate(config)
     if not config.output and workdir is None:
         raise ExportError("config.output is empty and no --workdir was given: set config.output=DIR.")
-    output = pathlib.Path(config.output) if config.output else pathlib.Path(workdir) / "export"
+    output = absolute(config.output if config.output else epath.Path(workdir) / "export")
     loaded = runs.load_run(config.checkpoint, config.step, config.use_ema)
     run_dir, step, params = loaded.directory, loaded.step, jax.device_get(loaded.params)
     model_config, image_size = loaded.config.model, loaded.crop_size
@@ -78,7 +80,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path | None) -
     provenance = dict(
         variant=model_config.variant, pool=model_config.pool, image_size=image_size, norm_eps=LAYER_NORM_EPS,
         input="RGB, scaled to [0, 1], then normalised with pretrained_cfg mean/std (timm's data config does this)",
-        checkpoint=str(run_dir.absolute()), step=step, weights=loaded.weights,
+        checkpoint=str(absolute(run_dir)), step=step, weights=loaded.weights,
         load_with="timm.create_model('local-dir:<this directory>', pretrained=True, num_classes=0)",
     )
     if config.include_projector:
@@ -88,7 +90,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path | None) -
             layers="(Linear without bias → BatchNorm1d with batch statistics, eps 1e-5 → ReLU) × (n−1), "
                    "then Linear without bias; torch layout, keys projector.*",
         )
-    result: dict[str, Any] = dict(output=str(output.absolute()), step=step, weights=loaded.weights,
+    result: dict[str, Any] = dict(output=str(output), step=step, weights=loaded.weights,
                                   architecture=spec.architecture,
                                   model_args=spec.model_args, mean=IMAGE_MEAN, std=IMAGE_STD)
     check = _parity_check(config, params["encoder"], model_config, image_size, result) if config.verify else None
