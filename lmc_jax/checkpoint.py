@@ -166,7 +166,7 @@ class Checkpointer:
             source.rename(target)
         logging.warning(
             "checkpoint %s could not be restored (%s: %s); moved it to %s and trying an older one",
-            source, type(error).__name__, error, target,
+            source, type(error).__name__, _first_line(error), target,
         )
         self._manager.reload()
 

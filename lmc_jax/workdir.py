@@ -250,7 +250,7 @@ class WorkdirLock:
         who = describe(record) if record else "a process that has not written its record yet"
         return WorkdirError(
             f"--workdir {self.path.parent} is in use by another training run ({who}; lock {self.path}): wait for it "
-            "to finish or stop it, or use another --workdir. A lock whose holder has died is taken over by itself."
+            "to finish or stop it, or use another --workdir. A lock whose holder has died is taken over automatically."
         )
 
     @staticmethod

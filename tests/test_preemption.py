@@ -97,3 +97,17 @@ def test_sigkill_mid_run_then_restart_is_bit_identical(tiny_data_dir, tmp_path):
     for got, want in zip(_final_params(tmp_path / "killed"),
                          _final_params(tmp_path / "reference"), strict=True):
         np.testing.assert_array_equal(got, want)
+
+
+def test_a_second_run_on_a_held_workdir_is_refused_in_one_line(tiny_data_dir, tmp_path):
+    overrides = _overrides(tiny_data_dir, num_steps=6, every=3)
+    first = _start(tmp_path / "run", overrides)
+    _wait_for(lambda: (tmp_path / "run" / "lock.json").exists(), first)
+    second = _start(tmp_path / "run", overrides)
+    assert second.wait(timeout=240) == 1
+    assert first.wait(timeout=300) == 0, _tail(first)
+    errors = [line for line in first.log.read_text().splitlines() if line.startswith("error:")]  # one shared log
+    assert len(errors) == 1 and f"--workdir {tmp_path / 'run'} is in use by another training run" in errors[0]
+    assert f"pid {first.pid}" in errors[0]
+    assert _logged_steps(tmp_path / "run") == [1, 2, 3, 4, 5, 6]  # each step once
+    assert not list((tmp_path / "run").rglob("*orbax-checkpoint-tmp*"))
