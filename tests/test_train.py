@@ -4,10 +4,12 @@ import json
 import pathlib
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
 from lmc_jax import checkpoint, parallel, runs, train
+from lmc_jax.errors import UserError
 from tests.conftest import TINY_BUILDER
 from tests.tiny_config import tiny_config
 
@@ -118,6 +120,22 @@ def test_missing_checkpoint_is_a_clear_error(tiny_data_dir, tmp_path):
 def test_non_finite_metric_stops_with_step_and_name():
     with pytest.raises(FloatingPointError, match=r"step 7: loss=nan"):
         train._check_finite({"loss": float("nan"), "grad_norm": 1.0}, 7)
+    with pytest.raises(UserError, match=r"step 7: .* step 4, is the last good state: rerun with a lower learning "
+                                        r"rate \(e.g. --config.optimizer.learning_rate=1000\) and --config.resume=True"):
+        train._check_finite({"loss": float("inf")}, 7, train._fix(ml_collections.ConfigDict(
+            {"optimizer": {"learning_rate": 1e4}}), 4))
+
+
+def test_a_diverged_or_non_finite_state_is_refused_before_saving():
+    state = {"step": jax.numpy.zeros((), jax.numpy.int32), "params": {"w": jax.numpy.ones(3)},
+             "opt_state": {"mu": jax.numpy.zeros(3)}}
+    limit = train._weight_limit(state)
+    assert limit == train.DIVERGENCE_FACTOR
+    train._check_state(state, 2, limit, "")
+    with pytest.raises(train.DivergedError, match=r"step 2: the weights diverged \(max \|weight\| = 2e\+03 > 1e\+03\)"):
+        train._check_state({**state, "params": {"w": jax.numpy.full(3, 2e3)}}, 2, limit, "")
+    with pytest.raises(train.DivergedError, match="non-finite"):
+        train._check_state({**state, "opt_state": {"mu": jax.numpy.full(3, jax.numpy.nan)}}, 2, limit, "")
 
 
 def test_gradient_accumulation_averages_strided_micro_batches(tiny_data_dir):
