@@ -13,8 +13,8 @@ from types import ModuleType
 _TORCHVISION_OPS = ("nms", "qnms")
 _NMS_SCHEMA = "(Tensor dets, Tensor scores, float iou_threshold) -> Tensor"
 INSTALL_HINT = (
-    "install the export test extra: pip install torch==2.13.0 torchvision==0.28.0 timm==1.0.31 "
-    "(CPU torch from the local wheel; see setup.py extras 'test')"
+    "install the export extra at the tested versions: pip install -c constraints/py311.txt -e '.[export]' "
+    "(./run.sh test does this)"
 )
 
 
