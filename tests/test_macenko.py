@@ -69,7 +69,9 @@ def test_result_does_not_depend_on_the_rest_of_the_batch(slide):
     params = macenko.fit(reference)
     together, _ = macenko.transform(tiles, params)
     alone, _ = macenko.transform(tiles[2:3], params)
-    np.testing.assert_array_equal(together[2], alone[0])
+    # XLA:CPU compiles batch 1 and batch 6 with other vector widths (AVX-512 machines): a level may flip
+    alone_diff = np.abs(np.asarray(together[2], int) - np.asarray(alone[0], int))
+    assert alone_diff.max() <= 1 and alone_diff.mean() < 1e-3
     nested = jnp.asarray(tiles).reshape(2, 3, *tiles.shape[1:])
     stacked, _ = jax.vmap(lambda batch: macenko.transform(batch, params))(nested)
     diff = np.abs(np.asarray(stacked, int).reshape(tiles.shape) - np.asarray(together, int))
