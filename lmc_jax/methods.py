@@ -18,6 +18,7 @@ import numpy as np
 from etils import epath
 
 from lmc_jax import runs
+from lmc_jax.config_edit import with_values
 from lmc_jax.errors import UserError
 from lmc_jax.evaluate import extra_encoders
 from lmc_jax.evaluate.embed import Features, colour_statistics, encoder_features, run_features
@@ -48,16 +49,7 @@ class Method:
 
 def _derived(**changes) -> Callable[[ml_collections.ConfigDict], ml_collections.ConfigDict]:
     """base config → a copy with dotted keys changed, e.g. _derived(**{"lmc.stain_views": False})."""
-    def derive(base: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-        config = ml_collections.ConfigDict(base.to_dict())
-        for dotted, value in changes.items():
-            *parents, key = dotted.split(".")
-            node = config
-            for parent in parents:
-                node = node[parent]
-            node[key] = value
-        return config
-    return derive
+    return lambda base: with_values(base, changes)
 
 
 def workdir_of(workdir: epath.PathLike, name: str) -> epath.Path:

@@ -26,10 +26,9 @@ import ml_collections
 import numpy as np
 import optax
 from flax import nnx
-
-from data_pipelines import input_pipeline
 from jax.experimental import multihost_utils
 
+from data_pipelines import input_pipeline
 from lmc_jax import objectives, parallel, workdir as workdir_lib
 from lmc_jax.checkpoint import Checkpointer, abstract_like
 from lmc_jax.errors import UserError

@@ -28,6 +28,7 @@ from typing import Any, Callable
 import ml_collections
 from etils import epath
 
+from lmc_jax.config_edit import with_values
 from lmc_jax.errors import UserError
 
 LOCK = "lock.json"
@@ -63,15 +64,7 @@ def _tuples(value: Any) -> Any:
 
 def _with(config: ml_collections.ConfigDict, values: dict[str, Any]) -> ml_collections.ConfigDict:
     """A copy of `config` with the dotted keys of `values` set (JSON lists back to tuples)."""
-    config = ml_collections.ConfigDict(config.to_dict())
-    for key, value in values.items():
-        *parents, leaf = key.split(".")
-        node = config
-        for parent in parents:
-            node = node[parent]
-        with node.ignore_type():
-            node[leaf] = _tuples(value)
-    return config
+    return with_values(config, {key: _tuples(value) for key, value in values.items()})
 
 
 def structural_keys(old: dict, new: ml_collections.ConfigDict, signature: Callable[[Any], Any]) -> list[str]:
@@ -117,15 +110,14 @@ def check_config(workdir: epath.PathLike, config: ml_collections.ConfigDict, sig
     if not changed:
         return
     fatal = structural_keys(old, config, signature) if has_checkpoints else []
+    before, after = _flatten(_as_plain(old)), _flatten(_as_plain(config))
     if fatal:
-        before, after = _flatten(_as_plain(old)), _flatten(_as_plain(config))
         detail = ", ".join(f"{k} (was {before[k]!r}, now {after[k]!r})" for k in fatal)
         raise WorkdirError(
             f"--workdir {epath.Path(workdir)} holds a run whose model/optimiser state differs from this config's in "
             f"{detail}: it cannot be resumed. Use a new --workdir, or --config.resume=False to move the old run to "
             f"{epath.Path(workdir) / PREVIOUS}<timestamp>/ and start afresh."
         )
-    before, after = _flatten(_as_plain(old)), _flatten(_as_plain(config))
     logging.warning("resuming %s with changed settings: %s", workdir,
                     ", ".join(f"{k}: {before.get(k, '<unset>')!r} → {after.get(k, '<unset>')!r}" for k in changed))
 
