@@ -95,6 +95,54 @@ def test_matching_goes_by_score_to_the_nearest_truth():
     assert detection.match_points(np.zeros((0, 2)), [], truth, R) == (0, 0, 2)
 
 
+def test_micrometre_radius_in_pixels():
+    assert detection.radius_pixels(7.5, 0.25) == 30.0  # MIDOG's radius at 0.25 µm/px
+    assert detection.radius_pixels(7.5, 0.23) == pytest.approx(32.6087, abs=1e-4)  # the Hamamatsu scanners
+    with pytest.raises(ValueError, match="microns_per_pixel must be > 0"):
+        detection.radius_pixels(7.5, 0.0)
+
+
+def test_midog_order_walks_truths_in_annotation_order_not_by_score():
+    # prediction 0 lies 10 px from truth A and 20 px from truth B; prediction 1 lies 25 px from A only
+    a, b = [0.0, 0.0], [0.0, 30.0]
+    pred = np.array([[0.0, 10.0], [0.0, -25.0]])
+    # A first: A takes its nearest (0), B finds 0 taken and nothing else within 30 px → TP 1, FN 1, FP 1
+    assert detection.midog_match([a, b], pred, R).tolist() == [0, -1]
+    assert detection.midog_counts([a, b], pred, R) == (1, 1, 1)
+    # B first: B takes 0 (its only one), then A takes 1 → two matches; the annotation order changes the count
+    assert detection.midog_match([b, a], pred, R).tolist() == [0, 1]
+    assert detection.midog_counts([b, a], pred, R) == (2, 0, 0)
+    # greedy by score (the tile-score variant), prediction 0 the better one: it takes its nearest truth (A), and
+    # prediction 1 is 55 px from B → (1, 1, 1) whatever the annotation order
+    assert detection.greedy_match(pred, [0.9, 0.5], np.array([a, b]), R).tolist() == [0, -1]
+    assert detection.match_points(pred, [0.9, 0.5], np.array([b, a]), R) == (1, 1, 1)
+    # prediction 1 the better one: it takes A (its only truth), then prediction 0 takes B → (2, 0, 0)
+    assert detection.match_points(pred, [0.5, 0.9], np.array([a, b]), R) == (2, 0, 0)
+
+
+def test_midog_order_takes_the_nearest_free_prediction_and_ignores_scores():
+    truth = np.array([[0.0, 0.0]])
+    pred = np.array([[0.0, 20.0], [0.0, 5.0], [0.0, 5.0]])  # 5 px twice: the tie goes to the lower index
+    assert detection.midog_match(truth, pred, R).tolist() == [1]
+    assert detection.midog_counts(truth, pred, R) == (1, 2, 0)
+    # two truths, two predictions: truth 0 takes the nearer (index 1, 3 px); truth 1 takes what is left
+    truth2 = np.array([[0.0, 0.0], [0.0, 12.0]])
+    pred2 = np.array([[0.0, 10.0], [0.0, 3.0]])
+    assert detection.midog_match(truth2, pred2, R).tolist() == [1, 0]
+    assert detection.midog_match(truth2[::-1], pred2, R).tolist() == [0, 1]  # 12→10 (2 px) first, then 0→3
+    assert detection.midog_counts(np.array([[0.0, 0.0]]), np.array([[0.0, 30.0]]), R) == (1, 0, 0)  # inclusive
+    assert detection.midog_counts(np.array([[0.0, 0.0]]), np.array([[0.0, 30.01]]), R) == (0, 1, 1)
+    assert detection.midog_counts(np.zeros((0, 2)), pred, R) == (0, 3, 0)
+    assert detection.midog_counts(truth, np.zeros((0, 2)), R) == (0, 0, 1)
+
+
+def test_midog_match_equals_the_challenge_loop_on_random_clouds():
+    rng = np.random.default_rng(4)
+    for _ in range(200):
+        pred, _, truth = _cloud(rng, rng.integers(0, 10), rng.integers(0, 10))
+        assert detection.midog_counts(truth, pred, R) == _challenge_match(pred, truth, R)
+
+
 def test_nms_keeps_separated_best_points_and_is_prefix_consistent():
     rng = np.random.default_rng(2)
     for _ in range(100):
@@ -334,9 +382,9 @@ def test_midog_replica_reports_detection_per_scanner(midog_eval):
     assert leica["n"] == 0 and "min_site_samples" in leica["undefined"]["detection_f1"]
     assert raw["detection"]["radius"] == 30.0 and raw["detection"]["validation_objects"] >= 2
     text = paths["report"].read_text("utf-8")
-    assert "## Detection per site" in text and "Detection threshold" in text
-    table = text.split("### Detection F1")[1].split("###")[0]
+    assert "## Detection per site (tile-score variant)" in text and "Tile-score detection threshold" in text
+    table = text.split("### Tile-score detection F1 (cheap variant)")[1].split("###")[0]
     row = next(line for line in table.splitlines() if line.startswith(f"| {RAW_COLOUR} |"))
     assert all(f"{raw['per_site'][s]['detection_f1']:#.3g}" in row for s in scanners)
     assert "hamamatsu_xr (source)" in table
-    assert "<h2>Detection per site</h2>" in paths["html"].read_text("utf-8")
+    assert "<h2>Detection per site (tile-score variant)</h2>" in paths["html"].read_text("utf-8")

@@ -1,5 +1,7 @@
-"""Point detection per site (MIDOG-style F1, precision, recall of label-1 tiles as objects), for methods with tile
-coordinates when eval.detection_radius > 0; the threshold maximises detection F1 on source validation images."""
+"""Tile-score point detection per site — the cheap variant (F1, precision, recall of label-1 tiles as objects, scored
+by the probe's tile scores), for methods with tile coordinates when eval.detection_radius > 0; the threshold maximises
+detection F1 on source validation images. The real detector (a heat-map head on patch tokens, MIDOG's matching
+order) is `lmc_jax.detection` (configs/midog_detection.py)."""
 
 from __future__ import annotations
 
@@ -14,12 +16,14 @@ from lmc_jax.evaluate.families.probe import SUMMARY
 from lmc_jax.evaluate.families.spec import UNIT, Family, Intro, MetricSpec, Result
 from lmc_jax.evaluate.settings import Settings
 
-SECTION = "Detection per site"
+SECTION = "Detection per site (tile-score variant)"
 _UNSEEN = ("mean_unseen",)
 SPECS = (
     MetricSpec(
-        "detection_f1", "detection F1", "Point-detection F1 = 2TP/(2TP+FP+FN), scored as the MIDOG challenge scores "
-        "mitotic figures: within each image (region), the tiles whose probe P(y=1) reaches the detection threshold "
+        "detection_f1", "detection F1", "Tile-score detection F1, the cheap variant (no detection head: the "
+        "probe's tile scores are the detector; configs/midog_detection.py trains a heat-map head and scores it in "
+        "MIDOG's own matching order) = 2TP/(2TP+FP+FN), matched one-to-one within a radius as the MIDOG challenge "
+        "matches mitotic figures: within each image (region), the tiles whose probe P(y=1) reaches the detection threshold "
         "become candidate points at their tile centres, greedy non-maximum suppression within eval.detection_radius "
         "px keeps the best-scoring of nearby candidates, and candidates in descending score order take the nearest "
         "unmatched ground truth (the centre of a label-1 tile) within the radius, each truth matched once. TP/FP/FN "
@@ -27,16 +31,16 @@ SPECS = (
         "tiles. The threshold maximises pooled detection F1 on the source validation images (the probe's "
         "validation part; the probe's own threshold when they hold no label-1 tile), so target labels never pick "
         "it. Intervals resample the bootstrap units (images when groups are images) with the matches held fixed.",
-        title="Detection F1 = 2TP/(2TP+FP+FN), TP/FP/FN pooled over the site's images",
+        title="Tile-score detection F1 (cheap variant) = 2TP/(2TP+FP+FN), TP/FP/FN pooled over the site's images",
         direction=1, bounds=UNIT, columns=_UNSEEN),
     MetricSpec(
         "detection_precision", "detection precision",
         "TP/(TP+FP) of the same matches; undefined when nothing is detected.",
-        title="Detection precision TP/(TP+FP)", direction=1, bounds=UNIT, columns=_UNSEEN),
+        title="Tile-score detection precision TP/(TP+FP)", direction=1, bounds=UNIT, columns=_UNSEEN),
     MetricSpec(
         "detection_recall", "detection recall",
         "TP/(TP+FN) of the same matches (share of label-1 tiles found); undefined without any.",
-        title="Detection recall TP/(TP+FN) (share of label-1 objects found)", direction=1, bounds=UNIT,
+        title="Tile-score detection recall TP/(TP+FN) (share of label-1 objects found)", direction=1, bounds=UNIT,
         columns=_UNSEEN),
 )
 KEYS = tuple(s.key for s in SPECS)
@@ -78,14 +82,15 @@ def _threshold_table(metrics: Mapping) -> Table:
             continue
         rows.append([name, fmt(d["threshold"]), fmt(d["radius"]), str(d["validation_images"]),
                      str(d["validation_objects"]), d.get("threshold_note") or "—"])
-    return Table("Detection threshold (maximises pooled detection F1 on SOURCE validation images; never sees a "
+    return Table("Tile-score detection threshold (maximises pooled detection F1 on SOURCE validation images; never sees a "
                  "target label)", ["method", "threshold", "radius (px)", "validation images", "validation objects",
                                    "note"], rows)
 
 
 def intro(metrics: Mapping, figure_names: Sequence[str]) -> Intro:
     return Intro(paragraphs=[
-        "Label-1 tiles are the ground-truth objects (for MIDOG: one tile centred on each mitotic figure). Per image, "
+        "The cheap, tile-score variant of detection (no detection head). Label-1 tiles are the ground-truth objects "
+        "(for MIDOG: one tile centred on each mitotic figure). Per image, "
         "tiles whose probe P(y=1) reaches the threshold become detections at their tile centres; non-maximum "
         "suppression and one-to-one matching use the radius below, as the MIDOG challenge does (30 px = 7.5 µm at "
         "0.25 µm/px)."], tables=[_threshold_table(metrics)])

@@ -1,7 +1,10 @@
-"""Point detection scored as the MIDOG challenge scores mitotic figures: one-to-one matches within a radius, pooled F1.
+"""Point detection: one-to-one matches within a radius, pooled F1 — the cheap tile-score variant and MIDOG's rule.
 
-Scored tiles become candidate points at their centres; the label-1 tiles of an image are its ground-truth
-objects (the MIDOG builder writes one tile per mitotic figure, centred on it). Pure NumPy/SciPy.
+The tile-score variant (`score_images`, `detection_f1`, `choose_threshold`): scored tiles become candidate points at
+their centres and the label-1 tiles of an image are its ground-truth objects (the MIDOG builder writes one tile per
+mitotic figure, centred on it); candidates are matched greedily by descending score, so one pass serves every
+threshold. The heat-map detector of `lmc_jax.detection` is scored with `midog_match`, the challenge's own order.
+Pure NumPy/SciPy.
 """
 
 from __future__ import annotations
@@ -55,6 +58,48 @@ def non_max_suppression(yx: np.ndarray, scores: np.ndarray, radius: float) -> np
     return np.asarray(kept, np.int64)
 
 
+def radius_pixels(microns: float, microns_per_pixel: float) -> float:
+    """A distance in micrometres as pixels of an image scanned at `microns_per_pixel` (7.5 µm at 0.25 µm/px = 30 px)."""
+    if microns_per_pixel <= 0:
+        raise ValueError(f"microns_per_pixel must be > 0, got {microns_per_pixel}")
+    return float(microns) / float(microns_per_pixel)
+
+
+def midog_match(truth_yx: np.ndarray, pred_yx: np.ndarray, radius: float) -> np.ndarray:
+    """For each ground truth, in the order given, the index of the prediction it claims, or -1: MIDOG's rule.
+
+    The MIDOG 2021 evaluation (github.com/DeepMicroscopy/MIDOG_evaluation_docker, evaluation.py) calls evalutils'
+    `score_detection(ground_truth=gt, predictions=thresholded_points, radius=7.5E-3)` per image, points in mm
+    (7.5 µm). evalutils (github.com/comic/evalutils, evalutils/scorers.py) builds a BallTree of the PREDICTIONS
+    (not of the truths), queries every truth's predictions within the radius sorted nearest first
+    (`query_radius(..., sort_results=True)`, distance ≤ radius), then walks the truths in annotation order: each
+    takes its nearest prediction not yet taken, else counts as a false negative; untaken predictions are false
+    positives. Scores play no part (the participant thresholds first). Equal distances go to the lower prediction
+    index here (the BallTree's order among exact ties is unspecified).
+    """
+    truth, pred = _points(truth_yx), _points(pred_yx)
+    claim = np.full(len(truth), -1, np.int64)
+    if not len(truth) or not len(pred):
+        return claim
+    tree, taken = cKDTree(pred), np.zeros(len(pred), bool)
+    for j, point in enumerate(truth):
+        near = np.asarray(tree.query_ball_point(point, radius), np.int64)
+        if not len(near):
+            continue
+        distance = np.hypot(*(pred[near] - point).T)
+        free = [int(i) for i in near[np.lexsort((near, distance))] if not taken[i]]
+        if free:
+            claim[j], taken[free[0]] = free[0], True
+    return claim
+
+
+def midog_counts(truth_yx: np.ndarray, pred_yx: np.ndarray, radius: float) -> tuple[int, int, int]:
+    """(TP, FP, FN) of thresholded predictions vs ground truths by MIDOG's rule (`midog_match`)."""
+    claim = midog_match(truth_yx, pred_yx, radius)
+    tp = int(np.sum(claim >= 0))
+    return tp, len(_points(pred_yx)) - tp, len(claim) - tp
+
+
 def greedy_match(pred_yx: np.ndarray, pred_scores: np.ndarray, truth_yx: np.ndarray, radius: float) -> np.ndarray:
     """For each prediction, the index of the truth it matches, or -1 (see `match_points` for the rule)."""
     pred, truth = _points(pred_yx), _points(truth_yx)
@@ -77,9 +122,9 @@ def match_points(pred_yx: np.ndarray, pred_scores: np.ndarray, truth_yx: np.ndar
     """(TP, FP, FN) of predictions vs ground-truth points: predictions in descending score order each take the
     nearest still-unmatched truth within `radius` (inclusive); each truth is matched at most once.
 
-    The MIDOG challenges score with evalutils' `score_detection` (radius 7.5 µm = 30 px at 0.25 µm/px), which is
-    greedy too but walks the truths in annotation order, each taking its nearest unclaimed prediction, after the
-    participant has thresholded the predictions; neither is an optimal (Hungarian) assignment. The two give the
+    The MIDOG challenges score with evalutils' `score_detection` (radius 7.5 µm = 30 px at 0.25 µm/px; see
+    `midog_match`), which is greedy too but walks the truths in annotation order, each taking its nearest unclaimed
+    prediction, after the participant has thresholded the predictions; neither is an optimal (Hungarian) assignment. The two give the
     same counts whenever no prediction is within the radius of two truths or no truth within the radius of two
     predictions; they can differ only where truths closer than 2 × radius share predictions. Going by score makes
     the counts independent of the annotation order and lets one pass serve every threshold (see `Detections`).
