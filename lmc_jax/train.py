@@ -343,7 +343,7 @@ def _train_locked(trainer: Trainer, workdir: epath.Path) -> State:
                     values["mfu"] = utilisation
                 writer.write(done, values)
                 tick, tick_step = time.perf_counter(), done
-            preempted = preemption.requested()
+            preempted = preemption.requested(done)
             if preempted or done % config.checkpoint.every_steps == 0 or done == config.num_steps:
                 _check_finite({"loss": float(jax.device_get(metrics["loss"]))}, done, _fix(config, last_good))
                 _check_state(state, done, meta["weight_limit"], _fix(config, last_good))

@@ -9,6 +9,7 @@ import time
 
 import jax
 import numpy as np
+import pytest
 
 from lmc_jax import runs
 from lmc_jax.main import PREEMPTED_EXIT_CODE
@@ -111,3 +112,32 @@ def test_a_second_run_on_a_held_workdir_is_refused_in_one_line(tiny_data_dir, tm
     assert f"pid {first.pid}" in errors[0]
     assert _logged_steps(tmp_path / "run") == [1, 2, 3, 4, 5, 6]  # each step once
     assert not list((tmp_path / "run").rglob("*orbax-checkpoint-tmp*"))
+
+
+def test_several_hosts_ask_the_coordination_service_not_a_collective(monkeypatch):
+    """Multi-host: `requested(step)` is the sync point's answer for that step; no per-step allgather runs."""
+    from jax.experimental import multihost_utils
+
+    from lmc_jax import preemption
+
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    monkeypatch.setattr(preemption, "_sync_manager_ready", lambda: True)
+    monkeypatch.setattr(multihost_utils, "process_allgather", lambda *a, **k: (_ for _ in ()).throw(AssertionError))
+    monkeypatch.setattr(multihost_utils, "reached_preemption_sync_point", lambda step: step == 7)
+    watch = preemption.PreemptionWatch()
+    try:
+        assert signal.getsignal(signal.SIGTERM) != watch._handle  # the coordination service keeps SIGTERM
+        assert [watch.requested(step) for step in (5, 6, 7)] == [False, False, True]
+    finally:
+        watch.close()
+
+
+def test_several_hosts_without_the_preemption_service_are_refused_in_one_line(monkeypatch):
+    from lmc_jax import preemption
+    from lmc_jax.errors import UserError
+
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    monkeypatch.setattr(preemption, "_sync_manager_ready", lambda: False)
+    with pytest.raises(UserError, match="jax_enable_preemption_service") as error:
+        preemption.PreemptionWatch()
+    assert "\n" not in str(error.value)
