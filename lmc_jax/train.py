@@ -315,7 +315,7 @@ def _train_locked(trainer: Trainer, workdir: epath.Path) -> State:
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
     base_key = jax.random.key(config.seed)
     start = int(state["step"])
-    writer = MetricWriter(workdir, total_steps=config.num_steps)
+    writer = MetricWriter(workdir, total_steps=config.num_steps, start_step=start)
     preemption = PreemptionWatch()
     images_seen = meta.get("images_seen", 0)
     step_fn, flops = None, None

@@ -4,6 +4,10 @@ Paths go through etils.epath, so `--workdir gs://bucket/run` works. Object store
 (and TensorBoard's event writer appends), so for a remote workdir both files are written in a local temporary
 folder and copied whole to `workdir` after every write and on close; an existing remote metrics.jsonl is
 downloaded first, so a resumed run appends to it. A local workdir is written in place.
+
+A run resumed from step S recomputes the steps after S that a kill lost: their old rows are dropped from
+metrics.jsonl (with a torn last line) and TensorBoard is told the session restarted at S, so no step is
+logged twice.
 """
 
 from __future__ import annotations
@@ -48,10 +52,30 @@ class _Mirror:
         shutil.rmtree(self.local, ignore_errors=True)
 
 
+def _drop_rows_after(path: epath.Path, step: int) -> None:
+    """Rewrites metrics.jsonl without rows of steps > `step` and without a torn (unparsable) line."""
+    if not path.exists():
+        return
+    lines = path.read_text(encoding="utf-8").splitlines()
+    kept = []
+    for line in lines:
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue
+    if len(kept) < len(lines):
+        logging.info("metrics.jsonl: dropped %d rows after step %d (recomputed on resume)", len(lines) - len(kept), step)
+        tmp = path.parent / (path.name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        tmp.replace(path)
+
+
 class MetricWriter:
     """Writes scalars to `workdir/metrics.jsonl` and `workdir/tensorboard/` (process 0 only)."""
 
-    def __init__(self, workdir: epath.PathLike, total_steps: int = 0):
+    def __init__(self, workdir: epath.PathLike, total_steps: int = 0, start_step: int | None = None):
+        """`start_step`: the step a resumed run restarts from (rows after it are dropped); None keeps every row."""
         self.enabled = jax.process_index() == 0
         self.total_steps = total_steps
         self.interactive = self.enabled and sys.stderr.isatty()
@@ -60,8 +84,13 @@ class MetricWriter:
         if self.enabled:
             self._mirror = _Mirror(workdir, seed=("metrics.jsonl",)) if is_remote(workdir) else None
             folder = self._mirror.local if self._mirror else workdir
+            if start_step is not None:
+                _drop_rows_after(folder / "metrics.jsonl", start_step)
             self._jsonl = (folder / "metrics.jsonl").open("a", encoding="utf-8")
             self._tb = EventFileWriter(str(folder / "tensorboard"))
+            if start_step:  # TensorBoard drops the events of steps > start_step written before the restart
+                restart = event_pb2.SessionLog(status=event_pb2.SessionLog.START)
+                self._tb.add_event(event_pb2.Event(step=start_step, wall_time=time.time(), session_log=restart))
 
     def write(self, step: int, scalars: dict[str, float]) -> None:
         if not self.enabled:

@@ -98,6 +98,7 @@ def test_sigkill_mid_run_then_restart_is_bit_identical(tiny_data_dir, tmp_path):
     for got, want in zip(_final_params(tmp_path / "killed"),
                          _final_params(tmp_path / "reference"), strict=True):
         np.testing.assert_array_equal(got, want)
+    assert _logged_steps(tmp_path / "killed") == _logged_steps(tmp_path / "reference") == list(range(1, 31))
 
 
 def test_a_second_run_on_a_held_workdir_is_refused_in_one_line(tiny_data_dir, tmp_path):
