@@ -103,6 +103,27 @@ def _flip_rotate(example: dict[str, Any], rng: np.random.Generator) -> dict[str,
     return {**example, "image": np.ascontiguousarray(image)}
 
 
+def train_dataset(source: Any, *, seed: int, local_batch: int, worker_count: int = 0, process_index: int = 0,
+                  process_count: int = 1) -> grain.IterDataset:
+    """The train stream of this process over any random-access `source` of decoded examples (module docstring).
+
+    Records are decoded (the source's `__getitem__`) by grain's read threads, or by `worker_count` worker
+    processes, ahead of the consumer: decoding stays off the training loop's critical path.
+    """
+    n_records = len(source) - len(source) % process_count  # every process gets the same number per epoch
+    if n_records == 0:
+        raise ValueError(f"The train split has {len(source)} records, fewer than {process_count} processes.")
+    dataset = grain.MapDataset.source(source)[:n_records].seed(seed).shuffle().repeat()
+    dataset = dataset.random_map(_flip_rotate)[process_index::process_count]
+    dataset = dataset.batch(local_batch, drop_remainder=True)
+    iter_dataset = dataset.to_iter_dataset(
+        grain.ReadOptions(num_threads=_READ_THREADS, prefetch_buffer_size=_PREFETCH_BATCHES)
+    )
+    if worker_count > 0:
+        iter_dataset = iter_dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
+    return iter_dataset
+
+
 def make_train_iterator(
     config: ml_collections.ConfigDict, data_dir: epath.PathLike, *, process_index: int = 0, process_count: int = 1
 ) -> grain.DatasetIterator:
@@ -116,21 +137,13 @@ def make_train_iterator(
         raise ValueError(f"process_index={process_index} must lie in [0, process_count={process_count}).")
     local_batch = _local_batch_size(config.batch_size, process_count)
     source = data_source(config, data_dir, "train")
-    n_records = len(source) - len(source) % process_count  # every process gets the same number per epoch
-    if n_records == 0:
+    if len(source) < process_count:
         raise ValueError(
             f"The train split under {data_dir} has {len(source)} records, fewer than {process_count} processes."
         )
-    dataset = grain.MapDataset.source(source)[:n_records].seed(config.seed).shuffle().repeat()
-    dataset = dataset.random_map(_flip_rotate)[process_index::process_count]
-    dataset = dataset.batch(local_batch, drop_remainder=True)
-    iter_dataset = dataset.to_iter_dataset(
-        grain.ReadOptions(num_threads=_READ_THREADS, prefetch_buffer_size=_PREFETCH_BATCHES)
-    )
-    worker_count = config.data.get("worker_count", 0)
-    if worker_count > 0:
-        iter_dataset = iter_dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
-    return iter(iter_dataset)
+    return iter(train_dataset(source, seed=config.seed, local_batch=local_batch,
+                              worker_count=config.data.get("worker_count", 0), process_index=process_index,
+                              process_count=process_count))
 
 
 def load_split(config: ml_collections.ConfigDict, data_dir: epath.PathLike, split: str,

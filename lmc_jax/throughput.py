@@ -47,3 +47,12 @@ def mfu(flops_per_step: float | None, seconds_per_step: float, device: jax.Devic
     if flops_per_step is None or peak is None or seconds_per_step <= 0:
         return None
     return flops_per_step / seconds_per_step / peak
+
+
+def required_rate(flops_per_item: float, peak: float, utilisation: float = 0.4) -> float:
+    """Items per second a device of `peak` FLOP/s must be fed to run at `utilisation` of its peak, when one
+    item (a tile of a train step, say) costs `flops_per_item` FLOPs."""
+    if flops_per_item <= 0 or peak <= 0 or not 0 < utilisation <= 1:
+        raise ValueError(f"need flops_per_item > 0, peak > 0 and 0 < utilisation ≤ 1; got {flops_per_item}, "
+                         f"{peak}, {utilisation}")
+    return utilisation * peak / flops_per_item

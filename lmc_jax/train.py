@@ -300,6 +300,15 @@ def train(config: ml_collections.ConfigDict, workdir: epath.PathLike, mesh: jax.
         lock.release()
 
 
+def _next_global_batch(data_iter, mesh: jax.sharding.Mesh) -> jax.Array:
+    """The next train batch's tiles, explicitly put on the mesh with the batch sharding (an async copy).
+
+    The loop fetches batch s + 1 after dispatching step s and after saving that step's checkpoint, so the
+    read and the host→device copy overlap the step and the saved iterator state is the one after batch s.
+    """
+    return parallel.host_to_global({"image": next(data_iter)["image"]}, mesh)["image"]
+
+
 def _train_locked(trainer: Trainer, workdir: epath.Path) -> State:
     config, mesh = trainer.config, trainer.mesh
     data_iter = input_pipeline.make_train_iterator(
@@ -321,8 +330,8 @@ def _train_locked(trainer: Trainer, workdir: epath.Path) -> State:
     step_fn, flops = None, None
     tick, tick_step = time.perf_counter(), start
     try:
+        tiles = _next_global_batch(data_iter, mesh) if start < config.num_steps else None
         for step in range(start, config.num_steps):
-            tiles = parallel.host_to_global({"image": next(data_iter)["image"]}, mesh)["image"]
             if step_fn is None:  # compile once, read the FLOPs of the compiled step for MFU
                 step_fn = compile_step(trainer).lower(state, tiles, base_key).compile()
                 flops = compiled_flops(step_fn)
@@ -352,6 +361,8 @@ def _train_locked(trainer: Trainer, workdir: epath.Path) -> State:
                 last_good = done
             if preempted:
                 raise Preempted(done)
+            if done < config.num_steps:  # read and copied while the step just dispatched runs on the device
+                tiles = _next_global_batch(data_iter, mesh)
     finally:  # on any exit, finish the saves already started: they are complete states
         preemption.close()
         checkpointer.close()

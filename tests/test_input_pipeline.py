@@ -190,3 +190,27 @@ def test_ensure_built_is_a_noop_when_built_and_explains_other_data_sets(data_dir
         input_pipeline.ensure_built(config)
     assert command in str(raised.value) and "data_pipelines/builders/camelyon17_wilds/" in str(raised.value)
     assert "\n" not in str(raised.value)
+
+
+@pytest.mark.parametrize("encoding", ["raw", "bytes", "zlib", "png", "jpeg"])
+def test_every_image_encoding_decodes_to_the_stored_tile(train, encoding):
+    from data_pipelines.builders import common
+
+    features = common.example_features(TILE, ["source"], None, image_encoding=encoding)
+    tile = train["image"][0]
+    record = features.serialize_example({"image": common.encode_image(tile, encoding), "label": 1, "site": 0,
+                                         "region": 2, "coords": np.array([3, 4]), "tile_id": 5})
+    image = features.deserialize_example_np(record)["image"]
+    assert image.dtype == np.uint8 and image.shape == tile.shape
+    if encoding == "jpeg":  # lossy
+        assert np.abs(image.astype(int) - tile).mean() < 4
+    else:
+        np.testing.assert_array_equal(image, tile)
+
+
+def test_train_dataset_over_any_source_matches_the_iterator(data_dir, train):
+    config = make_config(seed=3)
+    source = input_pipeline.data_source(config, data_dir, "train")
+    stream = iter(input_pipeline.train_dataset(source, seed=3, local_batch=8))
+    for got, want in zip(take(stream, 3), take(input_pipeline.make_train_iterator(config, data_dir), 3)):
+        assert_batches_equal(got, want)

@@ -167,3 +167,25 @@ def test_ema_tracks_parameters(tiny_data_dir):
     for ema, b, a in zip(jax.tree.leaves(jax.device_get(state["ema_params"])), jax.tree.leaves(before),
                          jax.tree.leaves(after), strict=True):
         np.testing.assert_allclose(ema, 0.5 * b + 0.5 * a, atol=1e-6)
+
+
+def test_train_steps_make_no_implicit_host_device_transfer(tiny_data_dir):
+    """The loop's feeding and compiled step under transfer_guard("disallow"): each batch crosses to the device
+    only through its explicit put; the step itself copies nothing between host and device."""
+    from data_pipelines import input_pipeline
+
+    config = _config(tiny_data_dir)
+    mesh = parallel.make_mesh(config.mesh.data, config.mesh.fsdp)
+    trainer = train.make_trainer(config, mesh)
+    state = train.init_state(trainer)
+    key = jax.random.key(config.seed)
+    data_iter = input_pipeline.make_train_iterator(config, config.data.data_dir)
+    step = train.compile_step(trainer)
+    host_tiles = next(data_iter)["image"]
+    with jax.transfer_guard("disallow"):
+        with pytest.raises(Exception, match="host-to-device"):  # the guard is live: a numpy batch is refused
+            step(state, host_tiles, key)
+        for _ in range(2):
+            state, metrics = step(state, train._next_global_batch(data_iter, mesh), key)
+        jax.block_until_ready((state, metrics))
+    assert int(jax.device_get(state["step"])) == 2

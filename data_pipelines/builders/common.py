@@ -3,12 +3,17 @@
 Every builder yields the same decoded example: `image` uint8 (T, T, 3), `label` int64 (-1 = unlabelled where a
 builder allows it), `site` ClassLabel (the domain), `region` int64 (patient / slide / image: the group key of
 patient-disjoint folds), `coords` int64 (2,) = top-left (y, x) in source pixels, `tile_id` int64 unique per tile.
-Images are raw `tfds.features.Tensor` bytes, as in `cmu_small_region`: exact pixels, no decoding cost and no
-TensorFlow. Measured on 222 tissue tiles of 96 px of the embedded H&E slide, zlib would save only 6% of the
-bytes for ~0.25 ms of decoding per tile, PNG 27% for a Pillow decode per tile.
+Images are raw `tfds.features.Tensor`s by default, as in `cmu_small_region`: exact pixels and no TensorFlow.
+`example_features(..., image_encoding=...)` also offers "bytes" (one byte per value instead of TFDS's int64
+varints), "zlib" (those bytes compressed) and "png" / "jpeg" (`tfds.features.Image`; the builder passes
+`encode_image(tile, encoding)`, since TFDS without TensorFlow cannot encode a numpy image). Each encoding is
+another feature spec, so a builder offering one makes it part of its BuilderConfig (a config's features and
+shards then agree, and existing configs read as before); readers get uint8 (T, T, 3) whatever the encoding.
+Bytes per tile and decode rates of each: `benchmarks/input_pipeline.py`.
 """
 
 import contextlib
+import io
 import pathlib
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -24,16 +29,49 @@ from tensorflow_datasets.core import example_serializer
 _SPLIT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
 
+IMAGE_ENCODINGS = ("raw", "bytes", "zlib", "png", "jpeg")
+JPEG_QUALITY = 90  # lossy: a data set stored as JPEG trains on different pixels than its raw twin
+
+
+def image_feature(tile_size: int, encoding: str = "raw") -> tfds.features.FeatureConnector:
+    """The `image` feature, uint8 (T, T, 3), stored as: "raw" TFDS's default Tensor (an int64 list: a varint of
+    1-2 bytes per value), "bytes" one byte per value, "zlib" those bytes compressed, "png" / "jpeg" image bytes."""
+    shape = (tile_size, tile_size, 3)
+    if encoding == "raw":
+        return tfds.features.Tensor(shape=shape, dtype=np.uint8)
+    if encoding in ("bytes", "zlib"):
+        stored = tfds.features.Encoding.BYTES if encoding == "bytes" else tfds.features.Encoding.ZLIB
+        return tfds.features.Tensor(shape=shape, dtype=np.uint8, encoding=stored)
+    if encoding in ("png", "jpeg"):
+        return tfds.features.Image(shape=shape, dtype=np.uint8, encoding_format=encoding)
+    raise ValueError(f"image_encoding={encoding!r}; choose one of {IMAGE_ENCODINGS}.")
+
+
+def encode_image(image: np.ndarray, encoding: str = "raw") -> np.ndarray | bytes:
+    """What `image_feature(..., encoding)` is given for uint8 `image`: the array itself, or PNG / JPEG bytes
+    (Pillow; JPEG at JPEG_QUALITY with full-resolution chroma, 4:4:4: stain colour is the signal)."""
+    if encoding in ("raw", "bytes", "zlib"):
+        return image
+    if encoding not in ("png", "jpeg"):
+        raise ValueError(f"image_encoding={encoding!r}; choose one of {IMAGE_ENCODINGS}.")
+    buffer = io.BytesIO()
+    options = {"quality": JPEG_QUALITY, "subsampling": 0} if encoding == "jpeg" else {"compress_level": 6}
+    Image.fromarray(image).save(buffer, format=encoding.upper(), **options)
+    return buffer.getvalue()
+
+
 def example_features(
     tile_size: int,
     site_names: Sequence[str] | None,
     label_names: Sequence[str] | None,
     *,
     label_doc: str = "",
+    image_encoding: str = "raw",
 ) -> tfds.features.FeaturesDict:
     """The shared example schema; `label_names=None` stores `label` as a plain int64 (so -1 = unlabelled fits).
 
     `site_names=None` leaves the site names to be set in `_split_generators` (data sets whose domains are data).
+    `image_encoding` (IMAGE_ENCODINGS) is how images are stored; feed them through `encode_image`.
     """
     if label_names is None:
         label = tfds.features.Scalar(dtype=np.int64, doc=label_doc or "task label; -1 = unlabelled")
@@ -41,7 +79,7 @@ def example_features(
         label = tfds.features.ClassLabel(names=list(label_names))
     return tfds.features.FeaturesDict(
         {
-            "image": tfds.features.Tensor(shape=(tile_size, tile_size, 3), dtype=np.uint8),
+            "image": image_feature(tile_size, image_encoding),
             "label": label,
             "site": tfds.features.ClassLabel(names=list(site_names) if site_names is not None else None),
             "region": tfds.features.Scalar(dtype=np.int64),
