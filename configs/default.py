@@ -136,6 +136,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval.lisi_neighbors = 90
     config.eval.kbet_neighbors = 50
     config.eval.kbet_alpha = 0.05
+    config.eval.ri_neighbors = 11  # PathoROB robustness index k (its default for Camelyon, 2 classes)
+    # what each site changes vs the source (data_pipelines/sites.py), for plismbench's pair groups; unlisted: both
+    config.eval.robustness_site_changes = (("scanner_tone", "scanner"), ("jpeg_blur", "scanner"),
+                                           ("lab_shift", "staining"), ("stain_transfer", "staining"))
     config.eval.protocols = ("cross_site", "leave_one_domain_out")  # () disables
     config.eval.protocol_folds = 5  # patient/region-disjoint folds
     config.eval.signature_folds = 5  # grouped CV for the L1 signature; 0 skips signatures

@@ -84,7 +84,7 @@ def test_spec_keys_are_unique_across_families():
     titles = [s.title for s in families.all_specs() if s.title]
     assert len(titles) == len(set(titles))
     assert [f.name for f in families.FAMILIES] == ["separation", "mixing", "probe", "detection", "protocols",
-                                                   "signatures"]
+                                                   "signatures", "robustness"]
 
 
 def test_probe_specs_are_the_calibration_kernels_metrics():

@@ -12,6 +12,7 @@ from lmc_jax.errors import ConfigError
 from lmc_jax.evaluate.kernels.protocol import PROTOCOLS
 
 BOOTSTRAP_UNITS = ("group", "example")
+SITE_CHANGES = ("scanner", "staining", "both")  # what a site changes with respect to the source (plismbench groups)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,7 +28,7 @@ class Settings:
     bootstrap_blocks: int  # at most this many resampling blocks per domain (units merged at random above)
     bootstrap_unit: str  # resample whole groups (patients/regions) when known, else examples
     mmd_max_samples: int  # per domain, random subsample for the quadratic-time MMD
-    integration_max_samples: int  # over all sites, stratified subsample for silhouette/iLISI/kBET
+    integration_max_samples: int  # over all sites, stratified subsample for silhouette/iLISI/kBET and PathoROB's RI
     lisi_neighbors: int  # scib-metrics' default k for iLISI (perplexity k // 3)
     kbet_neighbors: int  # scib-metrics' default k for kBET
     kbet_alpha: float  # kBET test level
@@ -37,6 +38,8 @@ class Settings:
     signature_lambdas: int  # points on the L1 path (λ_max down to λ_max / 100)
     signature_stability_rounds: int  # half-sample refits for selection frequencies; 0 disables
     detection_radius: float  # px; > 0 adds point-detection F1 per site (30.0 = MIDOG's 7.5 µm at 0.25 µm/px)
+    ri_neighbors: int  # k of PathoROB's robustness index (PathoROB's default for Camelyon, its 2-class set: 11)
+    robustness_site_changes: tuple[tuple[str, str], ...]  # (site, SITE_CHANGES entry); unlisted sites change both
 
     def __post_init__(self) -> None:
         checks = {
@@ -61,6 +64,11 @@ class Settings:
             "signature_stability_rounds": (self.signature_stability_rounds >= 0, "must be ≥ 0 (0 disables)"),
             "detection_radius": (self.detection_radius >= 0,
                                  "must be ≥ 0 px (0 = off; 30.0 for MIDOG at 0.25 µm/px)"),
+            "ri_neighbors": (self.ri_neighbors >= 1, "must be ≥ 1 (PathoROB: 11 for Camelyon, 61 for TCGA)"),
+            "robustness_site_changes": (
+                all(len(p) == 2 and p[1] in SITE_CHANGES for p in self.robustness_site_changes)
+                and len({p[0] for p in self.robustness_site_changes}) == len(self.robustness_site_changes),
+                f"give (site, change) pairs, each site once, change one of {SITE_CHANGES}"),
         }
         for key, (ok, fix) in checks.items():
             if not ok:
@@ -76,6 +84,7 @@ class Settings:
             raise ConfigError(f"config.eval lacks {missing}: start from configs/default.py's config")
         values = {name: overrides.get(name, eval_config.get(name)) for name in names}
         values["protocols"] = tuple(values["protocols"])
+        values["robustness_site_changes"] = tuple(tuple(p) for p in values["robustness_site_changes"])
         return cls(**values)
 
     def replace(self, **changes) -> Settings:
@@ -84,4 +93,5 @@ class Settings:
 
     def to_json(self) -> dict:
         """The settings as a JSON-ready dict (recorded in metrics.json)."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        return {k: [list(p) if isinstance(p, tuple) else p for p in v] if isinstance(v, tuple) else v
+                for k, v in dataclasses.asdict(self).items()}
