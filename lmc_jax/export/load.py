@@ -1,13 +1,15 @@
 """Reads timm ViT weights (.safetensors, or a plain .bin/.pth tensor dict) into our encoder's params.
 
-Used by `config.init_from = "timm:/path/model.safetensors"`. Pickles are read with
-`torch.load(weights_only=True)` and must hold only tensors: nothing arbitrary is unpickled.
+Used by `config.init_from = "timm:/path/model.safetensors"`, or `"hf-hub:org/name"` for a model already in the
+local Hugging Face cache (never downloaded). Pickles are read with `torch.load(weights_only=True)` and must hold
+only tensors: nothing arbitrary is unpickled.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import pathlib
 from typing import Any
 
@@ -15,10 +17,12 @@ import jax
 import ml_collections
 import numpy as np
 
-from lmc_jax.export.timm import TIMM_ARCHS, TimmWeightsError, fold_input_normalization, from_timm
-from lmc_jax.models.vit import IMAGE_MEAN, IMAGE_STD, parse_variant
+from lmc_jax.export.timm import ARCH_KEYS, TIMM_ARCH_HEADS, TimmWeightsError, fold_input_normalization, from_timm
+from lmc_jax.models.vit import arch_kwargs, parse_variant
 
 INIT_FROM_PREFIX = "timm:"
+HF_HUB_PREFIX = "hf-hub:"
+HF_WEIGHTS_FILES = ("model.safetensors", "pytorch_model.bin")  # what timm's hub loader looks for, in its order
 SAFETENSORS_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".bin", ".pth", ".pt")
 
@@ -86,8 +90,7 @@ def check_declared_heads(declared: dict[str, Any], path: pathlib.Path, variant: 
     """Heads cannot be read from weights: a config.json beside them (`declared`) that declares others is refused."""
     config_path = path.parent / "config.json"
     heads = parse_variant(variant)[0].heads
-    arch_heads = {name: parse_variant(v)[0].heads for v, name in TIMM_ARCHS.items()}
-    found = (declared.get("model_args") or {}).get("num_heads", arch_heads.get(declared.get("architecture")))
+    found = (declared.get("model_args") or {}).get("num_heads", TIMM_ARCH_HEADS.get(declared.get("architecture")))
     if found is not None and int(found) != heads:
         raise TimmWeightsError(f"{config_path} declares {found} attention heads but model.variant={variant!r} "
                                f"has {heads}; set model.variant to the weights' architecture.")
@@ -103,32 +106,67 @@ def declared_normalization(declared: dict[str, Any]) -> tuple[list[float], list[
 
 def load_timm_weights(path: str | pathlib.Path, model_config: ml_collections.ConfigDict,
                       image_size: int) -> dict[str, Any]:
-    """timm ViT weights file → pure param dict for our encoder (`model.variant`, `model.pool`, `image_size`).
+    """timm ViT weights file → pure param dict for our encoder (`model.variant`, `model.pool`, the architecture
+    options of `arch_kwargs`, `image_size`).
 
-    Weights that declare another input normalisation (config.json beside them) get it folded into the patch
-    embedding, so our fixed ImageNet normalisation feeds them what they were trained on.
+    Weights that declare (config.json beside them) another input normalisation than `model.image_mean/std` get
+    the difference folded into the patch embedding, so the model's normalisation feeds them what they were
+    trained on; set `model.image_mean/std` to the declared values to apply them as they are instead.
     """
     path = pathlib.Path(path)
+    arch = arch_kwargs(model_config)
     params, notes = from_timm(read_state_dict(path), model_config.variant, model_config.pool, image_size,
-                              source=str(path))
+                              source=str(path), **{key: arch[key] for key in ARCH_KEYS})
     declared = read_hub_config(path)
     check_declared_heads(declared, path, model_config.variant)
     normalization = declared_normalization(declared)
-    if normalization is not None and not np.allclose(normalization, (IMAGE_MEAN, IMAGE_STD), atol=1e-6):
-        params = fold_input_normalization(params, *normalization)
-        notes.append(f"input normalisation mean={normalization[0]} std={normalization[1]} folded into patch_embed")
+    ours = (arch["image_mean"], arch["image_std"])
+    if normalization is not None and not np.allclose(normalization, ours, atol=1e-6):
+        params = fold_input_normalization(params, *normalization, *ours)
+        notes.append(f"input normalisation mean={normalization[0]} std={normalization[1]} folded into patch_embed "
+                     f"(model.image_mean/std are {list(ours[0])}/{list(ours[1])})")
     for note in notes:
         logging.info("timm weights %s: %s", path, note)
     return params
+
+
+def hf_hub_weights(repo_id: str) -> pathlib.Path:
+    """The weights file of `repo_id` in the local Hugging Face cache ($HF_HUB_CACHE, else the library's default);
+    offline only: a model not in the cache raises a one-line error saying how to put it there."""
+    try:
+        from huggingface_hub import snapshot_download  # pylint: disable=import-outside-toplevel
+        from huggingface_hub.errors import LocalEntryNotFoundError  # pylint: disable=import-outside-toplevel
+    except ImportError as error:
+        raise TimmWeightsError(f"config.init_from='{HF_HUB_PREFIX}{repo_id}' needs huggingface_hub (pip install "
+                               "huggingface_hub), or point init_from at the weights file: 'timm:/path/model.safetensors'."
+                               ) from error
+    cache = os.environ.get("HF_HUB_CACHE") or None
+    try:
+        snapshot = pathlib.Path(snapshot_download(repo_id, cache_dir=cache, local_files_only=True))
+    except (LocalEntryNotFoundError, OSError, ValueError) as error:
+        raise TimmWeightsError(
+            f"config.init_from='{HF_HUB_PREFIX}{repo_id}': {repo_id} is not in the local Hugging Face cache "
+            f"({cache or 'the default cache, ~/.cache/huggingface/hub'}; nothing is downloaded); on a machine with "
+            f"network run `hf download {repo_id}` (gated models: after `hf auth login`) and copy its "
+            f"models--{repo_id.replace('/', '--')} folder into the cache, or set HF_HUB_CACHE to a cache holding it."
+        ) from error
+    for name in HF_WEIGHTS_FILES:
+        if (snapshot / name).is_file():
+            return snapshot / name
+    raise TimmWeightsError(f"config.init_from='{HF_HUB_PREFIX}{repo_id}': the cached snapshot {snapshot} holds none "
+                           f"of {HF_WEIGHTS_FILES}; is it a timm model (transformers models such as Phikon-v2 are not)?")
 
 
 def init_from_path(init_from: str) -> pathlib.Path | None:
     """`config.init_from` → weights path ('' → None); another scheme raises naming the value and the fix."""
     if not init_from:
         return None
+    if init_from.startswith(HF_HUB_PREFIX) and init_from.count("/") == 1 and not init_from.endswith("/"):
+        return hf_hub_weights(init_from[len(HF_HUB_PREFIX):])
     if not init_from.startswith(INIT_FROM_PREFIX) or len(init_from) == len(INIT_FROM_PREFIX):
         raise ValueError(f"config.init_from={init_from!r}: use '{INIT_FROM_PREFIX}/path/to/model.safetensors' "
-                         "(or a .bin/.pth state dict), or '' to start from random weights.")
+                         f"(or a .bin/.pth state dict), '{HF_HUB_PREFIX}org/name' for a model in the local Hugging "
+                         "Face cache, or '' to start from random weights.")
     return pathlib.Path(init_from[len(INIT_FROM_PREFIX):]).expanduser()
 
 
