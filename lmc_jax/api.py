@@ -6,7 +6,7 @@ from PIL import Image
 encoder = lmc_jax.load("runs/default")  # a training workdir, an export directory or "timm:/path/model.safetensors"
 tiles = [Image.open(path) for path in sorted(glob.glob("tiles/*.png"))]
 features = encoder.embed(tiles)  # float32 [len(tiles), encoder.dim]: evaluation's features of these tiles
-normalized = lmc_jax.stain.get_normalizer("macenko").fit(tiles[0]).transform(tiles)  # uint8, stains of tiles[0]
+normalized = lmc_jax.stain.get_normalizer("reinhard").fit(tiles[0]).transform(tiles)  # uint8, colours of tiles[0]
 ```
 
 `embed` takes uint8 arrays [N, H, W, 3] (or [H, W, 3]) or a list of PIL images and prepares them as
