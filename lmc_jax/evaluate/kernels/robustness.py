@@ -45,14 +45,17 @@ def unit_rows(x: np.ndarray) -> np.ndarray:
 
 
 def paired_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """cos(a_i, b_i) for every row i of two (n, D) arrays (the same tiles at two sites) → (n,) float64."""
+    """cos(a_i, b_i) for every row i of two (n, D) arrays (the same tiles at two sites) → (n,) float64 in [−1, 1]
+    (float64 sums, clipped: round-off must not put a constant encoder's 1 above the metric's range)."""
     if np.shape(a) != np.shape(b):
         raise ValueError(f"paired_cosine: a and b must have the same shape; got {np.shape(a)} and {np.shape(b)}.")
     out = np.empty(len(a))
     for start in range(0, len(a), _ROW_BLOCK):
-        ua, ub = unit_rows(a[start:start + _ROW_BLOCK]), unit_rows(b[start:start + _ROW_BLOCK])
-        out[start:start + len(ua)] = np.einsum("ij,ij->i", ua.astype(np.float64), ub.astype(np.float64))
-    return out
+        pa, pb = (np.asarray(v[start:start + _ROW_BLOCK], np.float64) for v in (a, b))
+        norms = np.linalg.norm(pa, axis=1) * np.linalg.norm(pb, axis=1)
+        dots = np.einsum("ij,ij->i", pa, pb)
+        out[start:start + len(pa)] = np.where(norms > 0, dots / np.where(norms > 0, norms, 1.0), 0.0)
+    return np.clip(out, -1.0, 1.0)
 
 
 def _rank_among_others(indices: np.ndarray, target: np.ndarray) -> np.ndarray:
