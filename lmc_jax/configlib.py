@@ -38,17 +38,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _require(data.crop_size <= data.tile_size, "data.crop_size", data.crop_size,
              f"must not exceed data.tile_size={data.tile_size}")
     _require(data.worker_count >= 0, "data.worker_count", data.worker_count, "must be ≥ 0")
-    try:
-        _, patch = parse_variant(config.model.variant)
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
-    _require(data.crop_size % patch == 0, "data.crop_size", data.crop_size,
-             f"must be a multiple of the patch size {patch} of model.variant={config.model.variant!r}")
-    _require(config.model.pool in ("cls", "mean"), "model.pool", config.model.pool, "choose 'cls' or 'mean'")
-    _require(config.model.dtype in DTYPES, "model.dtype", config.model.dtype, f"choose one of {DTYPES}")
-    dims = tuple(config.model.projector_dims)
-    _require(len(dims) > 0 and all(int(d) > 0 for d in dims), "model.projector_dims", dims,
-             "must be a non-empty tuple of positive widths")
+    if config.mode == "train":  # mode=evaluate rebuilds every model from its own run's config.json
+        _validate_model(config)
     _require(config.lmc.num_views >= 2, "lmc.num_views", config.lmc.num_views, "LMC needs at least 2 views")
     _require(config.lmc.off_diagonal_weight >= 0, "lmc.off_diagonal_weight", config.lmc.off_diagonal_weight,
              "must be ≥ 0")
@@ -106,3 +97,19 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if config.mode == "evaluate":
         _require(bool(config.eval.checkpoint), "eval.checkpoint", config.eval.checkpoint,
                  "mode=evaluate needs the workdir of a trained run")
+
+
+def _validate_model(config: ml_collections.ConfigDict) -> None:
+    """The model keys of a run to train, and the crop size its patch size needs."""
+    model = config.model
+    try:
+        _, patch = parse_variant(model.variant)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    _require(config.data.crop_size % patch == 0, "data.crop_size", config.data.crop_size,
+             f"must be a multiple of the patch size {patch} of model.variant={model.variant!r}")
+    _require(model.pool in ("cls", "mean"), "model.pool", model.pool, "choose 'cls' or 'mean'")
+    _require(model.dtype in DTYPES, "model.dtype", model.dtype, f"choose one of {DTYPES}")
+    dims = tuple(model.projector_dims)
+    _require(len(dims) > 0 and all(int(d) > 0 for d in dims), "model.projector_dims", dims,
+             "must be a non-empty tuple of positive widths")

@@ -49,6 +49,17 @@ def test_evaluate_mode_needs_a_checkpoint():
         validate(config)
 
 
+def test_evaluate_mode_leaves_the_model_to_the_run():
+    """mode=evaluate rebuilds the model from the run's config.json: the command line's model keys are not its."""
+    config = tiny_config()
+    config.mode, config.eval.checkpoint = "evaluate", "runs/x"
+    config.data.crop_size, config.model.variant = 20, "mu/8"  # no multiple of patch 8: refused only for training
+    validate(config)
+    config.mode = "train"
+    with pytest.raises(ConfigError, match="multiple of the patch size"):
+        validate(config)
+
+
 def test_cli_refuses_unknown_key_and_wrong_type(tmp_path):
     base = [sys.executable, "-m", "lmc_jax.main", "--config", "configs/default.py", "--workdir", str(tmp_path)]
     unknown = subprocess.run(base + ["--config.optimizer.learnig_rate=0.1"], cwd=ROOT, capture_output=True, text=True)
