@@ -63,8 +63,16 @@ def get_config() -> ml_collections.ConfigDict:
 
     # Model
     config.model = ml_collections.ConfigDict()
-    config.model.variant = "Mi/8"  # <size>/<patch>: mu, Mi, Ti, S, B, L
-    config.model.pool = "cls"  # cls | mean
+    config.model.variant = "Mi/8"  # <size>/<patch>: mu, Mi, Ti, S, B, L, H, g; or <width>x<depth>x<heads>/<patch>
+    config.model.pool = "cls"  # cls | mean | patch_mean (class token kept, mean of patch tokens) | cls_patch_mean (both, concatenated)
+    # foundation-model architecture options (lmc_jax/export/timm.py FOUNDATION_MODELS lists each model's values)
+    config.model.reg_tokens = 0  # register tokens (timm reg_tokens)
+    config.model.no_embed_class = False  # position embedding covers the patches only (timm no_embed_class)
+    config.model.mlp = "gelu"  # gelu | swiglu | swiglu_packed (timm Mlp / SwiGLU / SwiGLUPacked, SiLU gate)
+    config.model.mlp_ratio = 0.0  # timm mlp_ratio (MLP width int(width · ratio)); 0 = the variant's own (4)
+    config.model.init_values = 0.0  # layer scale initial value (timm init_values); 0 = no layer scale
+    config.model.image_mean = (0.485, 0.456, 0.406)  # input normalisation the encoder applies (ImageNet)
+    config.model.image_std = (0.229, 0.224, 0.225)
     config.model.dtype = "float32"  # compute dtype; params stay float32 (bfloat16 on accelerators)
     config.model.remat = False  # rematerialise blocks to save memory
     config.model.projector_dims = (512, 512, 512)
@@ -79,6 +87,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.optimizer.grad_clip_norm = 1.0  # 0 disables
     config.optimizer.grad_accum_steps = 1  # micro-batches per step (the loss is then per micro-batch)
     config.optimizer.ema_decay = 0.0  # EMA of the weights (e.g. 0.999); 0 disables
+    config.optimizer.freeze_encoder_steps = 0  # with init_from: encoder frozen this many steps, then its own warm-up
 
     # Parallelism
     config.mesh = ml_collections.ConfigDict()

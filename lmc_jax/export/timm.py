@@ -59,11 +59,82 @@ _UNSUPPORTED = (
     (r"\.attn\.(q_norm|k_norm|norm)\.", "normalisation inside attention (timm qk_norm / scale_attn_norm)"),
     (r"\.mlp\.(norm|w12|w3)\.", "a normalised MLP (timm scale_mlp_norm) or DINOv2's own SwiGLUFFN layout (w12/w3)"),
     (r"\.attn\.(q_bias|v_bias|q_proj|k_proj|v_proj)", "split q/k/v projections (BEiT/EVA layout)"),
+    (r"^(embeddings\.|encoder\.layer\.)", "the Hugging Face transformers layout (ViTModel / Dinov2Model, e.g. "
+     "Phikon-v2): convert it to a timm state dict first"),
 )
 _LAYER_SCALE = re.compile(r"^blocks\.(\d+)\.ls([12])\.gamma$")
 _SPLIT_SWIGLU = re.compile(r"^(blocks\.\d+\.mlp)\.fc1_g\.(weight|bias)$")
 _BLOCK = re.compile(r"^blocks\.(\d+)\.")
 ARCH_KEYS = ("reg_tokens", "mlp", "mlp_ratio", "init_values", "no_embed_class")  # ViT options weights depend on
+
+
+HOPTIMUS_MEAN = (0.707223, 0.578729, 0.703617)  # H-optimus-0/1 and H0-mini (their pretrained_cfg / model cards)
+HOPTIMUS_STD = (0.211883, 0.230117, 0.177517)
+
+
+@dataclasses.dataclass(frozen=True)
+class FoundationModel:
+    """A published pathology foundation model: its hub id, the timm builder and arguments its authors publish
+    (classes named as strings), our `config.model` keys that build the same network, and its embedding."""
+
+    hub: str
+    timm_name: str
+    timm_args: dict[str, Any]
+    model: dict[str, Any]
+    embedding: str
+
+
+_SWIGLU = {"mlp_layer": "timm.layers.SwiGLUPacked", "act_layer": "torch.nn.SiLU"}
+# Read through the code search (model cards and the loaders that copy them), not guessed:
+#
+# | model | timm name and published args | our config.model | embedding |
+# | --- | --- | --- | --- |
+# | UNI (MahmoodLab/UNI) | vit_large_patch16_224, img_size=224, patch_size=16, init_values=1e-5, num_classes=0, dynamic_img_size=True | L/16, init_values 1e-5 | class token |
+# | UNI2-h (MahmoodLab/UNI2-h) | vit_giant_patch14_224, img_size=224, patch_size=14, depth=24, num_heads=24, init_values=1e-5, embed_dim=1536, mlp_ratio=2.66667*2, num_classes=0, no_embed_class=True, mlp_layer=SwiGLUPacked, act_layer=SiLU, reg_tokens=8, dynamic_img_size=True | 1536x24x24/14, 8 registers, no_embed_class, swiglu_packed 5.33334, init_values 1e-5 | class token |
+# | Virchow2 (paige-ai/Virchow2) | vit_huge_patch14_224, config.json model_args img_size=224, init_values=1e-5, num_classes=0, reg_tokens=4, mlp_ratio=5.3375, global_pool='', dynamic_img_size=True; create_model(mlp_layer=SwiGLUPacked, act_layer=SiLU) | H/14, 4 registers (positions cover them), swiglu_packed 5.3375, init_values 1e-5 | class token ⊕ mean of the 256 patch tokens (output[:, 5:]), 2560 |
+# | H-optimus-0 / -1 (bioptimus/H-optimus-0, -1) | vit_giant_patch14_reg4_dinov2, create_model(init_values=1e-5, dynamic_img_size=False); released params patch_size=14, embed_dim=1536, depth=40, num_heads=24, init_values=1e-05, mlp_ratio=5.33334, mlp_layer=GluMlp(SiLU, gate_last=False), act_layer=SiLU, reg_tokens=4, no_embed_class=True, img_size=224 | g/14, 4 registers, no_embed_class, swiglu_packed 5.33334, init_values 1e-5, H-optimus mean/std | class token |
+# | H0-mini (bioptimus/H0-mini) | hub config (ViT-B/14, 4 registers; model(x) gives all tokens, (1, 261, 768): global_pool=""), create_model(mlp_layer=SwiGLUPacked, act_layer=SiLU); mlp_ratio not published in what we read: vit_base_patch14_reg4_dinov2's default 4 is assumed and checked against the weights' shapes | B/14, 4 registers, no_embed_class, swiglu_packed 4, init_values 1e-5, H-optimus mean/std | class token ⊕ mean of patch tokens (output[:, num_prefix_tokens:]), 1536 |
+# | Prov-GigaPath (prov-gigapath/prov-gigapath) | vit_giant_patch14_dinov2 (its SwiGLUPacked + SiLU), config.json model_args img_size=224, in_chans=3, patch_size=16, embed_dim=1536, depth=40, num_heads=24, init_values=1e-05, mlp_ratio=5.33334, num_classes=0; global_pool='token' | g/16, swiglu_packed 5.33334, init_values 1e-5 | class token |
+# | Phikon-v2 (owkin/phikon-v2) | not timm: a Hugging Face transformers Dinov2Model (AutoModel.from_pretrained, last_hidden_state[:, 0]); its keys (embeddings.*, encoder.layer.*) are refused by name: convert to a timm state dict first | — | class token |
+FOUNDATION_MODELS: dict[str, FoundationModel] = {
+    "uni": FoundationModel(
+        "MahmoodLab/UNI", "vit_large_patch16_224",
+        dict(img_size=224, patch_size=16, init_values=1e-5, num_classes=0, dynamic_img_size=True),
+        dict(variant="L/16", pool="cls", init_values=1e-5), "cls"),
+    "uni2-h": FoundationModel(
+        "MahmoodLab/UNI2-h", "vit_giant_patch14_224",
+        dict(img_size=224, patch_size=14, depth=24, num_heads=24, init_values=1e-5, embed_dim=1536,
+             mlp_ratio=2.66667 * 2, num_classes=0, no_embed_class=True, reg_tokens=8, dynamic_img_size=True,
+             **_SWIGLU),
+        dict(variant="1536x24x24/14", pool="cls", reg_tokens=8, no_embed_class=True, mlp="swiglu_packed",
+             mlp_ratio=2.66667 * 2, init_values=1e-5), "cls"),
+    "virchow2": FoundationModel(
+        "paige-ai/Virchow2", "vit_huge_patch14_224",
+        dict(img_size=224, init_values=1e-5, num_classes=0, reg_tokens=4, mlp_ratio=5.3375, global_pool="",
+             dynamic_img_size=True, **_SWIGLU),
+        dict(variant="H/14", pool="cls_patch_mean", reg_tokens=4, mlp="swiglu_packed", mlp_ratio=5.3375,
+             init_values=1e-5), "cls_patch_mean"),
+    "h-optimus-0": FoundationModel(
+        "bioptimus/H-optimus-0", "vit_giant_patch14_reg4_dinov2",
+        dict(img_size=224, init_values=1e-5, dynamic_img_size=False, num_classes=0),
+        dict(variant="g/14", pool="cls", reg_tokens=4, no_embed_class=True, mlp="swiglu_packed", mlp_ratio=5.33334,
+             init_values=1e-5, image_mean=HOPTIMUS_MEAN, image_std=HOPTIMUS_STD), "cls"),
+    "h-optimus-1": FoundationModel(
+        "bioptimus/H-optimus-1", "vit_giant_patch14_reg4_dinov2",
+        dict(img_size=224, init_values=1e-5, dynamic_img_size=False, num_classes=0),
+        dict(variant="g/14", pool="cls", reg_tokens=4, no_embed_class=True, mlp="swiglu_packed", mlp_ratio=5.33334,
+             init_values=1e-5, image_mean=HOPTIMUS_MEAN, image_std=HOPTIMUS_STD), "cls"),
+    "h0-mini": FoundationModel(
+        "bioptimus/H0-mini", "vit_base_patch14_reg4_dinov2",
+        dict(img_size=224, num_classes=0, global_pool="", **_SWIGLU),
+        dict(variant="B/14", pool="cls_patch_mean", reg_tokens=4, no_embed_class=True, mlp="swiglu_packed",
+             mlp_ratio=4.0, init_values=1e-5, image_mean=HOPTIMUS_MEAN, image_std=HOPTIMUS_STD), "cls_patch_mean"),
+    "prov-gigapath": FoundationModel(
+        "prov-gigapath/prov-gigapath", "vit_giant_patch14_dinov2",
+        dict(img_size=224, in_chans=3, patch_size=16, embed_dim=1536, depth=40, num_heads=24, init_values=1e-05,
+             mlp_ratio=5.33334, num_classes=0),
+        dict(variant="g/16", pool="cls", mlp="swiglu_packed", mlp_ratio=5.33334, init_values=1e-5), "cls"),
+}
 
 
 class TimmWeightsError(UserError):
@@ -260,10 +331,6 @@ def _check_keys(sd: dict[str, np.ndarray], expected: dict[str, tuple[int, ...]],
     """Refuses unsupported features, another depth or width, and any missing or unexpected key."""
     summary = f"{source} holds a ViT with {describe(sd)}; model.variant={variant!r}"
     unknown = sorted(set(sd) - set(expected))
-    features = sorted({name for key in unknown for pattern, name in _UNSUPPORTED if re.search(pattern, key)})
-    if features:
-        raise TimmWeightsError(f"{summary}. The weights use {'; '.join(features)}, which lmc_jax's ViT does not "
-                               f"support (keys {unknown[:4]}{' …' if len(unknown) > 4 else ''}).")
     depth = parse_variant(variant)[0].depth
     if len({int(m.group(1)) for m in map(_BLOCK.match, sd) if m}) != depth:
         raise TimmWeightsError(f"{summary} with {depth} blocks; set model.variant to the size of the weights.")
@@ -282,6 +349,16 @@ def _check_keys(sd: dict[str, np.ndarray], expected: dict[str, tuple[int, ...]],
     if missing:
         raise TimmWeightsError(f"{summary}. Missing keys {missing[:8]}{' …' if len(missing) > 8 else ''} "
                                "(timm qkv_bias=False or another non-standard layout?).")
+
+
+def _refuse_unsupported(sd: dict[str, np.ndarray], variant: str, source: str) -> None:
+    """Refuses, by name, the layouts and timm features our ViT does not have (none of their keys is ours)."""
+    keys = sorted(key for key in sd if any(re.search(pattern, key) for pattern, _ in _UNSUPPORTED))
+    features = sorted({name for key in keys for pattern, name in _UNSUPPORTED if re.search(pattern, key)})
+    if features:
+        raise TimmWeightsError(f"{source} holds a ViT with {describe(sd)}; model.variant={variant!r}. The weights "
+                               f"use {'; '.join(features)}, which lmc_jax's ViT does not support (keys "
+                               f"{keys[:4]}{' …' if len(keys) > 4 else ''}).")
 
 
 def _check_arch(sd: dict[str, np.ndarray], source: str, pool: str, reg_tokens: int, mlp: str,
@@ -381,6 +458,7 @@ def from_timm(
         notes.append(f"classification head dropped: {head}")
     for key in head:
         del sd[key]
+    _refuse_unsupported(sd, variant, source)
     _pack_swiglu(sd, notes)
     _check_arch(sd, source, pool, reg_tokens, mlp, init_values)
     fold = init_values <= 0
