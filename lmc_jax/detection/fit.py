@@ -36,8 +36,9 @@ class Windows:
 
     @property
     def positive(self) -> np.ndarray:
-        """Windows holding at least one centre."""
-        return self.valid.any(axis=1)
+        """Windows holding at least one centre inside them (not only in the margin around them)."""
+        inside = np.all((self.centres >= 0) & (self.centres < self.images.shape[1]), axis=-1)
+        return np.any(self.valid & inside, axis=1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,6 +195,13 @@ def train_head(encoder_def: nnx.GraphDef, encoder_params: nnx.State, windows: Wi
                     dcfg.heatmap_stride, tuple(losses))
 
 
+def stitch(maps: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """Per-window maps [rows·cols, h, w, ...] in row-major window order → one map [rows·h, cols·w, ...]
+    (the inverse of `data.grid_windows`)."""
+    h, w = maps.shape[1:3]
+    return maps.reshape(rows, cols, h, w, *maps.shape[3:]).swapaxes(1, 2).reshape(rows * h, cols * w, *maps.shape[3:])
+
+
 def heatmap_fn(detector: Detector, transform: Transform, batch: int) -> Callable[[np.ndarray], np.ndarray]:
     """uint8 image [H, W, 3] → probability heat map [⌈H/stride⌉, ⌈W/stride⌉]: the image padded white and cut into
     the detector's windows, each transformed, encoded and scored, the windows' maps put back in place."""
@@ -203,9 +211,7 @@ def heatmap_fn(detector: Detector, transform: Transform, batch: int) -> Callable
     def predict(pixels: np.ndarray) -> np.ndarray:
         windows, _ = ddata.grid_windows(pixels, size)
         rows, cols = -(-pixels.shape[0] // size), -(-pixels.shape[1] // size)
-        maps = batched(lambda x: _score(params, transform(x), **defs), windows, batch)
-        cells = size // stride
-        heat = maps.reshape(rows, cols, cells, cells).swapaxes(1, 2).reshape(rows * cells, cols * cells)
+        heat = stitch(batched(lambda x: _score(params, transform(x), **defs), windows, batch), rows, cols)
         return heat[: -(-pixels.shape[0] // stride), : -(-pixels.shape[1] // stride)]
 
     return predict
