@@ -130,7 +130,7 @@ def _plism(inputs: Inputs, joint: list[int]) -> tuple[dict[str, dict], dict[str,
     for i, n in enumerate(ctx.site_names):
         if i == ctx.source_id:
             per_site[n] = dict.fromkeys(("plism_cosine", "plism_top10"),
-                                        "reference site (paired with itself every tile matches)")
+                                        "reference site (paired with itself: cosine 1, every tile retrieved)")
         elif not {i, ctx.source_id} <= big:
             small = i if i not in big else ctx.source_id
             reason = ctx.too_few(inputs.size(small)) + ("" if small == i else " at the source")
@@ -154,7 +154,8 @@ def _plism(inputs: Inputs, joint: list[int]) -> tuple[dict[str, dict], dict[str,
     if not scored:
         why = (next(iter(skipped.values())) if len(set(skipped.values())) == 1 else
                "no two sites of the joint set share enough tiles" if skipped else
-               f"needs at least 2 sites with ≥ min_site_samples rows in the joint set; got {len(joint)}")
+               f"needs at least 2 sites with ≥ min_site_samples rows in the joint set; got "
+               f"{[ctx.site_names[i] for i in joint]}")
         return per_site, dict.fromkeys(PLISM_KEYS, Estimate(why, "metric undefined")), record
     summary = robustness.plism_summary(np.stack([p.cosine for p in scored]), np.stack([p.top10 for p in scored]),
                                        [p.group for p in scored])
