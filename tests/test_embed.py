@@ -126,14 +126,14 @@ def test_a_folder_counts_corrupt_and_background_files_and_normalises_first(share
                                                                           tmp_path):
     folder = tmp_path / "tiles"
     (folder / "sub").mkdir(parents=True)
-    tiles = slide_tiles(8, 32)  # one batch: one compile of the normaliser's transform
+    tiles = slide_tiles(8, 24)  # one batch of the run's crop size: test_api's normaliser shapes
     for index, tile in enumerate(tiles):
         Image.fromarray(tile).save(folder / ("sub" if index % 2 else "") / f"tile{index}.png")
     Image.fromarray(np.full((32, 32, 3), 247, np.uint8)).save(folder / "blank.png")  # glass
     (folder / "sub" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     (folder / "notes.txt").write_text("not a tile")
     reference = tmp_path / "reference.png"
-    Image.fromarray(slide_tiles(12, 32)[-1]).save(reference)
+    Image.fromarray(slide_tiles(12, 24)[-1]).save(reference)
     config = _config(run_dir, folder, format="npz", normalizer="reinhard", normalizer_reference=str(reference))
     summary = embed_mode.run(config, tmp_path / "out")
     assert summary["format"] == "npz" and summary["tiles_embedded"] == 8 and summary["background_skipped"] == 1
@@ -141,7 +141,7 @@ def test_a_folder_counts_corrupt_and_background_files_and_normalises_first(share
     assert summary["tiling"]["ignored_files"] == 1
     rows = _rows(tmp_path / "out")
     order = [int(pathlib.Path(path).stem[4:]) for path in rows["path"]]
-    assert sorted(order) == list(range(8)) and (rows["height"] == 32).all()
+    assert sorted(order) == list(range(8)) and (rows["height"] == 24).all()
     normalizer = lmc_jax.stain.get_normalizer("reinhard").fit(np.asarray(Image.open(reference)))
     crops = api.prepare(tiles[order], encoder.crop_size)
     np.testing.assert_allclose(rows["embedding"], encoder.features(normalizer.transform(crops)), atol=1e-4)
@@ -183,3 +183,21 @@ def test_bad_input_and_a_second_model_on_the_same_workdir_are_user_errors(shared
     monkeypatch.undo()  # the real loader: another run is another model
     with pytest.raises(UserError, match="holds embeddings of .*another model: use another --workdir"):
         embed_mode.run(_config(other, tmp_path / "one.csv"), tmp_path / "out")
+
+
+def test_each_process_takes_every_other_shard_and_process_0_sums_them_all(shared_encoder, run_dir, slide, tmp_path,
+                                                                          monkeypatch):
+    from jax.experimental import multihost_utils
+
+    config = _config(run_dir, slide, level=1, min_tissue=0.0)  # 40 tiles, 5 shards
+    monkeypatch.setattr(embed_mode.jax, "process_count", lambda: 2)
+    monkeypatch.setattr(multihost_utils, "sync_global_devices", lambda name: None)
+    monkeypatch.setattr(embed_mode.jax, "process_index", lambda: 1)
+    second = embed_mode.run(config, tmp_path / "out")
+    shard_dir = tmp_path / "out" / embed_mode.SHARDS
+    assert sorted(path.name[:16] for path in shard_dir.glob("*.parquet")) == ["embeddings-00001", "embeddings-00003"]
+    assert second["this_run"]["tiles_embedded"] == 16 and not (tmp_path / "out" / embed_mode.SUMMARY).exists()
+    monkeypatch.setattr(embed_mode.jax, "process_index", lambda: 0)
+    first = embed_mode.run(config, tmp_path / "out")
+    assert first["this_run"]["shards_written"] == 3 and first["shards_finished"] == 5
+    assert first["tiles_embedded"] == 40 == len(set(zip(*(_rows(tmp_path / "out")[key] for key in ("y", "x")))))

@@ -225,8 +225,9 @@ def _embed_shard(items: list[Item], work: _Work, encoder: api.Encoder, normalize
     def flush() -> None:
         start = time.perf_counter()
         batch = np.stack(pending)
-        if normalizer is not None:
-            batch = normalizer.transform(batch)
+        if normalizer is not None:  # padded to the full batch: one compile of its transform, however many are left
+            padding = np.repeat(batch[-1:], encoder.batch_size - len(batch), axis=0)
+            batch = normalizer.transform(np.concatenate([batch, padding]))[: len(pending)]
         shard.embeddings.append(encoder.features(batch))
         shard.model_seconds += time.perf_counter() - start
         shard.rows.extend(kept)
