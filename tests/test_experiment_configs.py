@@ -2,14 +2,20 @@
 
 import json
 import runpy
+import zipfile
 
 import numpy as np
 import pytest
 import tifffile
 from etils import epath
 
+from data_pipelines.builders import camelyon16, camelyon17_wilds
 from data_pipelines.builders.midog import MidogConfig, build_dataset
 from lmc_jax.modes import detection as detection_mode
+from lmc_jax.modes import train as train_mode
+from lmc_jax.modes import wilds as wilds_mode
+from tests import test_builder_camelyon16 as c16
+from tests.test_builder_camelyon17_wilds import make_replica as make_wilds_replica
 from tests.test_builder_midog import make_replica
 from tests.tiny_config import tiny_config
 
@@ -78,3 +84,61 @@ def test_midog_detection_config_end_to_end(midog_replica, tmp_path):
     assert "| hamamatsu_xr (source) | hamamatsu_s360 | aperio_cs2 | mean unseen | threshold |" in table
     assert all(f"| {name} |" in table for name in d.rows)
     assert (tmp_path / "checkpoints").is_dir() and not (tmp_path / "references").exists()
+
+
+def _camelyon16_replica(root):
+    """The camelyon16 builder test's replica: CAMELYON16/training/{normal,tumor}/*.tif + lesion_annotations.zip."""
+    for seed, stem in enumerate(c16.SLIDES):
+        kind = stem.split("_")[0]
+        (root / "training" / kind).mkdir(parents=True, exist_ok=True)
+        c16.write_pyramid(root / "training" / kind / f"{stem}.tif", c16.slide_pixels(seed), subifds=seed % 2 == 1)
+    with zipfile.ZipFile(root / "training" / "lesion_annotations.zip", "w") as archive:
+        for stem in c16.SLIDES[4:8]:
+            archive.writestr(f"{stem}.xml", c16.polygon_xml({"_0": c16.TUMOUR_BOX, "_2": c16.EXCLUSION_BOX}))
+
+
+def test_camelyon16_crossbatch_config_end_to_end(tmp_path):
+    root = tmp_path / "CAMELYON16"
+    _camelyon16_replica(root)
+    data_dir = tmp_path / "tfds"
+    camelyon16.build_dataset(data_dir, root, config=c16.config())
+    config = _shrink(runpy.run_path("configs/camelyon16_crossbatch.py")["get_config"](), tiny_config())
+    config.data.data_dir, config.data.builder_config = str(data_dir), "test32"
+    ev = config.eval
+    ev.protocols, ev.signature_folds, ev.bootstrap_replicates, ev.min_site_samples = (), 0, 20, 2
+    ev.normalizer_fit_tiles = 16
+    train_mode.validate(config)
+    metrics = train_mode.run(config, tmp_path / "work")
+    rows = set(metrics["methods"])
+    assert rows == {"lmc", "geometric_only", *(f"{n}+{e}" for n in ("macenko", "reinhard", "vahadane")
+                                                 for e in ("geometric_only", "lmc"))}
+    assert metrics["source_site"] == "radboud_umc"
+    for name, m in metrics["methods"].items():  # Utrecht is unseen: the cross-batch AUC is its probe AUC
+        utrecht = m["per_site"]["umc_utrecht"]
+        assert utrecht["auc"] is None or 0 <= utrecht["auc"] <= 1, name
+        assert "mean_unseen_auc" in m["summary"]
+    assert (tmp_path / "work" / "eval" / "metrics.json").is_file()
+
+
+def test_camelyon17_wilds_config_end_to_end(tmp_path):
+    make_wilds_replica(tmp_path / "camelyon17_v1.0")
+    data_dir = tmp_path / "tfds"
+    camelyon17_wilds.build_dataset(data_dir, tmp_path / "camelyon17_v1.0")
+    config = _shrink(runpy.run_path("configs/camelyon17_wilds.py")["get_config"](), tiny_config())
+    config.data.data_dir, config.data.tile_size, config.data.builder_config = str(data_dir), 96, ""
+    config.wilds.seeds = (0, 1)
+    wilds_mode.validate(config)
+    board = wilds_mode.run(config, epath.Path(tmp_path / "work"))
+    assert json.loads((tmp_path / "work" / "leaderboard.json").read_text()) == json.loads(json.dumps(board))
+    ours, erm = board["rows"]
+    assert erm["test"] == (70.3, 6.4) and erm["seeds"] == 10 and ours["seeds"] == 2
+    # the replica: 12 patches per centre, centre 1 all in val, centre 2 all in test, id_val = split code 1
+    assert board["examples"] == {"train": 24, "id_val": 12, "val": 12, "test": 12}
+    for split in ("id_val", "val", "test"):
+        per_seed = [board["per_seed"][s][split] for s in ("0", "1")]
+        assert all(0 <= a <= 100 and (a * 12 / 100) == pytest.approx(round(a * 12 / 100)) for a in per_seed)
+        assert ours[split][0] == pytest.approx(np.mean(per_seed))
+        assert ours[split][1] == pytest.approx(abs(per_seed[0] - per_seed[1]) / np.sqrt(2))  # ddof 1, two seeds
+    table = (tmp_path / "work" / "leaderboard.md").read_text()
+    assert "| ERM (WILDS, published) | — | — | 70.3 ± 6.4 | 10 |" in table
+    assert "| LMC + linear probe (this run) |" in table

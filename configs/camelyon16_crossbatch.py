@@ -1,0 +1,49 @@
+"""Camelyon16 across hospitals: Radboud UMC as the source batch, UMC Utrecht as the unseen one.
+
+LMC and the geometric_only reference (the same Barlow Twins without stain views) pre-train on the camelyon16
+`train` split; the tumour-vs-normal probe is fitted on the SOURCE hospital's training patches only
+(eval.source_only), and every metric of the suite is reported per hospital on the slide-disjoint `test` split: the
+cross-batch number is the probe's AUC at umc_utrecht. Rows: lmc, geometric_only (no normalisation), Macenko,
+Reinhard and Vahadane each fitted to Radboud patches in front of geometric_only and in front of LMC.
+
+Not yet what the experiment asks: the encoders pre-train on both hospitals' training slides (unlabelled): the input
+pipeline has no per-site filter of the train split yet (needs `config.data.train_sites` in
+data_pipelines/input_pipeline.py, owned elsewhere); the probe and the normalisers already see the source only.
+
+Data layout (config.data.manual_dir; nothing is downloaded): CAMELYON16/training/{normal,tumor}/*.tif and
+training/lesion_annotations/*.xml (or lesion_annotations.zip); the tile96 data set is built from it on first use.
+
+    python -m lmc_jax.main --config configs/camelyon16_crossbatch.py --workdir runs/c16_crossbatch \\
+        --config.data.manual_dir=/data/CAMELYON16
+
+Writes the usual workdir (checkpoints, references/geometric_only, eval/metrics.json, report.md). Runtime: not
+measured on the full data set; the tiny replica of tests/test_experiment_configs.py runs end to end on a 2-core CPU.
+Result: not yet known.
+"""
+
+import os
+import runpy
+
+import ml_collections
+
+_DEFAULT = runpy.run_path(os.path.join(os.path.dirname(os.path.abspath(__file__)), "default.py"))
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = _DEFAULT["get_config"]()
+    config.data.name = "camelyon16"
+    config.data.tile_size = 96  # camelyon16/tile96: 96-px patches at level 0 (~0.24 µm/px)
+    config.data.crop_size = 96
+    config.model.variant = "S/16"
+    config.batch_size = 256
+    config.num_steps = 10_000
+    config.optimizer.warmup_steps = 1_000
+    config.eval.references = ("geometric_only",)
+    config.eval.normalizers = ("macenko", "reinhard", "vahadane")
+    config.eval.normalizer_encoders = ("geometric_only", "lmc")  # each normaliser in front of both encoders
+    config.eval.source_split, config.eval.heldout_splits = "train", ("test",)
+    config.eval.source_site = "radboud_umc"
+    config.eval.source_only = True  # probe and normalisers fitted on Radboud patches; Utrecht is the unseen batch
+    config.eval.summary_exclude = ()
+    config.eval.max_split_tiles = 50_000
+    return config

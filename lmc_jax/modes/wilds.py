@@ -1,0 +1,121 @@
+"""`mode=wilds`: Camelyon17-WILDS in the WILDS leaderboard's format (configs/camelyon17_wilds.py).
+
+Per seed of config.wilds.seeds: LMC pre-trained on the official `train` split (hospitals 0, 3, 4) in
+WORKDIR/seed_<s>, then a linear (logistic) probe fitted on the train split's embeddings; accuracy at P ≥ 0.5 on
+`id_val` (hospitals 0, 3, 4), `val` (OOD hospital 1) and `test` (OOD hospital 2). Writes WORKDIR/leaderboard.json
+and leaderboard.md: mean ± sample std over the seeds, with ERM's published test accuracy beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+
+import jax
+import ml_collections
+import numpy as np
+from etils import epath
+
+from data_pipelines import input_pipeline
+from lmc_jax import configlib, parallel, runs, train
+from lmc_jax.config_edit import with_values
+from lmc_jax.errors import ConfigError, UserError, require
+from lmc_jax.evaluate.embed import run_features
+from lmc_jax.evaluate.kernels import probe
+
+# Koh et al., "WILDS: A Benchmark of in-the-Wild Distribution Shifts" (ICML 2021), Camelyon17-WILDS, ERM
+# (DenseNet-121 from scratch), average test accuracy over 10 seeds, mean (std): 70.3 (6.4).
+ERM_PUBLISHED = {"method": "ERM (WILDS, published)", "test": (70.3, 6.4), "seeds": 10}
+SPLIT_NAMES = {"id_val": "ID val (hospitals 0/3/4)", "val": "OOD val (hospital 1)", "test": "test (hospital 2)"}
+
+
+def accuracy(proba: np.ndarray, labels: np.ndarray) -> float:
+    """Share (in %) of examples whose P(y = 1) ≥ 0.5 agrees with the label."""
+    return float(100.0 * np.mean((np.asarray(proba) >= 0.5) == (np.asarray(labels) == 1)))
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float | None]:
+    """(mean, sample standard deviation with ddof = 1; None for a single value)."""
+    values = np.asarray(values, np.float64)
+    return float(values.mean()), (float(values.std(ddof=1)) if len(values) > 1 else None)
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """The training checks of configlib, then config.wilds's own."""
+    configlib.validate(with_values(config, {"mode": "train"}))
+    w = config.wilds
+    require(len(w.seeds) > 0 and all(isinstance(s, int) for s in w.seeds), "wilds.seeds", tuple(w.seeds),
+            "name one or more integer seeds", error=ConfigError)
+    require(len(w.eval_splits) > 0, "wilds.eval_splits", tuple(w.eval_splits), "name the splits to score",
+            error=ConfigError)
+
+
+def _load(config: ml_collections.ConfigDict, split: str, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """A split in memory, a random subset of at most config.eval.max_split_tiles records (0 = all)."""
+    size = input_pipeline.split_size(config, config.data.data_dir, split)
+    limit = config.eval.max_split_tiles
+    indices = np.sort(rng.choice(size, limit, replace=False)) if limit and size > limit else None
+    return input_pipeline.load_split(config, config.data.data_dir, split, indices)
+
+
+def probe_accuracies(config: ml_collections.ConfigDict, features, data: dict[str, dict]) -> dict[str, float]:
+    """Accuracy (%) of a logistic probe fitted on data[config.wilds.probe_split], on each evaluation split."""
+    w = config.wilds
+    fitted = probe.fit_logistic(features(data[w.probe_split]["image"]), data[w.probe_split]["label"],
+                                config.eval.probe_l2)
+    return {split: accuracy(probe.predict_proba(fitted, features(data[split]["image"])), data[split]["label"])
+            for split in w.eval_splits}
+
+
+def markdown(board: dict) -> str:
+    """The leaderboard table: one row per method, accuracy mean ± std per split, the seed count."""
+    splits = board["splits"]
+
+    def cell(entry) -> str:
+        if entry is None:
+            return "—"
+        mean, std = entry
+        return f"{mean:.1f}" if std is None else f"{mean:.1f} ± {std:.1f}"
+
+    lines = ["# Camelyon17-WILDS: accuracy (%), mean ± std over seeds", "",
+             "| method | " + " | ".join(SPLIT_NAMES.get(s, s) for s in splits) + " | seeds |",
+             "|" + " --- |" * (len(splits) + 2)]
+    for row in board["rows"]:
+        lines.append(f"| {row['method']} | " + " | ".join(cell(row.get(s)) for s in splits) + f" | {row['seeds']} |")
+    lines += ["", board["note"], ""]
+    return "\n".join(lines)
+
+
+def run(config: ml_collections.ConfigDict, workdir: epath.Path | None) -> dict:
+    """Trains and probes every seed, then writes the leaderboard."""
+    if workdir is None:
+        raise UserError("mode=wilds needs --workdir (one run per seed and leaderboard.json go there)")
+    parallel.maybe_initialize_distributed(config)
+    logging.info("devices: %s", jax.devices())
+    input_pipeline.ensure_built(config)
+    mesh = parallel.make_mesh(config.mesh.data, config.mesh.fsdp)
+    w = config.wilds
+    data = {split: _load(config, split, np.random.default_rng(config.seed))
+            for split in dict.fromkeys([w.probe_split, *w.eval_splits])}
+    per_seed = {}
+    for seed in w.seeds:
+        seed_dir = workdir / f"seed_{seed}"
+        train.train(with_values(config, {"seed": seed}), seed_dir, mesh)
+        run = runs.load_run(seed_dir, use_ema=config.eval.use_ema, mesh=mesh)
+        per_seed[seed] = probe_accuracies(config, run_features(run, config, mesh), data)
+        logging.info("seed %d: %s", seed, per_seed[seed])
+    ours = {"method": "LMC + linear probe (this run)", "seeds": len(per_seed),
+            **{s: mean_std([acc[s] for acc in per_seed.values()]) for s in w.eval_splits}}
+    board = {"splits": list(w.eval_splits), "per_seed": {str(k): v for k, v in per_seed.items()},
+             "rows": [ours, ERM_PUBLISHED],
+             "examples": {split: int(len(d["label"])) for split, d in data.items()},
+             "note": ("Accuracy at P ≥ 0.5 of a logistic probe (L2 config.eval.probe_l2) fitted on the train split "
+                      "(hospitals 0/3/4); std is the sample std (ddof 1) over seeds. ERM: Koh et al. 2021 (WILDS), "
+                      "DenseNet-121 trained with labels, 10 seeds.")}
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "leaderboard.json").write_text(json.dumps(board, indent=2, allow_nan=False))
+    (workdir / "leaderboard.md").write_text(markdown(board))
+    if jax.process_index() == 0:
+        print(markdown(board))
+    return board
