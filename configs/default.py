@@ -145,6 +145,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval.lisi_neighbors = 90
     config.eval.kbet_neighbors = 50
     config.eval.kbet_alpha = 0.05
+    config.eval.plism_max_tiles = 8139  # plismbench: shared tiles per site pair (more: a fixed random subset)
     config.eval.ri_neighbors = 11  # PathoROB robustness index k (its default for Camelyon, 2 classes)
     # what each site changes vs the source (data_pipelines/sites.py), for plismbench's pair groups; unlisted: both
     config.eval.robustness_site_changes = (("scanner_tone", "scanner"), ("jpeg_blur", "scanner"),

@@ -54,8 +54,8 @@ def test_paired_cosine_and_retrieval_of_three_tiles_at_two_sites():
 
 
 def test_retrieval_caps_k_and_a_perfect_encoder_retrieves_every_tile():
-    a = np.random.default_rng(0).normal(size=(5, 4))
-    hits_a, hits_b = robustness.retrieval_hits(a, 2.0 * a, 50)  # k capped at 2n − 1 = 9: everything is a hit
+    a = np.random.default_rng(0).normal(size=(3, 2))  # the shapes of the test above: its compiled kNN is reused
+    hits_a, hits_b = robustness.retrieval_hits(a, 2.0 * a, 50)  # k capped at 2n − 1 = 5: everything is a hit
     assert hits_a.all() and hits_b.all()
     hits_a, hits_b = robustness.retrieval_hits(a, a.copy(), 1)  # identical renderings tie with the row itself
     assert hits_a.all() and hits_b.all()
@@ -284,6 +284,21 @@ def test_without_tile_ids_plism_is_undefined_and_ri_drops_the_same_tile_without_
     assert by_tile.entries["robustness"]["ri"]["excluded_neighbours"] == "tile"
 
 
+def test_above_plism_max_tiles_every_pair_scores_one_fixed_tile_subset():
+    m = _method(6)
+    inputs = _inputs(m, SETTINGS.replace(plism_max_tiles=15))
+    result = family.evaluate(inputs)
+    assert {p["tiles"] for p in result.entries["robustness"]["plism"]["pairs"]} == {15}
+    ids, priority = family.tile_priority(inputs)
+    paired = ids < N_TILES  # tiles 0..39 are shared by the five paired sites (their rows are in tile order)
+    kept = np.sort(ids[paired][np.argsort(priority[paired])[:15]])
+    for site in ("scanner_tone", "jpeg_blur"):
+        cos, top = _brute_pair(_site_rows(m, "source")[kept], _site_rows(m, site)[kept])
+        assert result.per_site[site]["plism_cosine"].value == pytest.approx(cos, abs=1e-6)
+        assert result.per_site[site]["plism_top10"].value == pytest.approx(top)
+    assert family.tile_priority(_inputs(_method(7)))[1].tolist() == priority.tolist()  # the same for every method
+
+
 def test_a_group_without_pairs_is_left_out_of_the_score():
     settings = SETTINGS.replace(robustness_site_changes=(("scanner_tone", "scanner"), ("lab_shift", "scanner"),
                                                          ("stain_transfer", "scanner"), ("jpeg_blur", "scanner")))
@@ -314,6 +329,9 @@ def test_a_more_invariant_encoder_scores_higher_and_the_values_are_json_ready():
 def test_settings_knobs_are_validated():
     assert SETTINGS.ri_neighbors == 11
     assert dict(SETTINGS.robustness_site_changes)["jpeg_blur"] == "scanner"
+    assert SETTINGS.plism_max_tiles == 8139
+    with pytest.raises(ConfigError, match=r"config.eval.plism_max_tiles=5: must be ≥ min_site_samples=10"):
+        default_settings(plism_max_tiles=5)
     with pytest.raises(ConfigError, match=r"config.eval.ri_neighbors=0: must be ≥ 1"):
         default_settings(ri_neighbors=0)
     with pytest.raises(ConfigError, match=r"config.eval.robustness_site_changes=.*change one of"):

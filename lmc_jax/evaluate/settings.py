@@ -38,6 +38,7 @@ class Settings:
     signature_lambdas: int  # points on the L1 path (λ_max down to λ_max / 100)
     signature_stability_rounds: int  # half-sample refits for selection frequencies; 0 disables
     detection_radius: float  # px; > 0 adds point-detection F1 per site (30.0 = MIDOG's 7.5 µm at 0.25 µm/px)
+    plism_max_tiles: int  # shared tiles per site pair for plismbench's scores (its reference subset: 8139)
     ri_neighbors: int  # k of PathoROB's robustness index (PathoROB's default for Camelyon, its 2-class set: 11)
     robustness_site_changes: tuple[tuple[str, str], ...]  # (site, SITE_CHANGES entry); unlisted sites change both
 
@@ -64,6 +65,8 @@ class Settings:
             "signature_stability_rounds": (self.signature_stability_rounds >= 0, "must be ≥ 0 (0 disables)"),
             "detection_radius": (self.detection_radius >= 0,
                                  "must be ≥ 0 px (0 = off; 30.0 for MIDOG at 0.25 µm/px)"),
+            "plism_max_tiles": (self.plism_max_tiles >= self.min_site_samples,
+                                f"must be ≥ min_site_samples={self.min_site_samples} (plismbench: 8139)"),
             "ri_neighbors": (self.ri_neighbors >= 1, "must be ≥ 1 (PathoROB: 11 for Camelyon, 61 for TCGA)"),
             "robustness_site_changes": (
                 all(len(p) == 2 and p[1] in SITE_CHANGES for p in self.robustness_site_changes)

@@ -54,8 +54,9 @@ SPECS = (
         "plism_top10", "top-10 (all pairs)", f"plismbench top-{TOP_K} retrieval accuracy of a pair of sites: the "
         "shared tiles of both sites are pooled, and a tile scores a hit when its rendering at the other site is among "
         f"its {TOP_K} nearest (cosine) pooled tiles other than itself; the share of hits, averaged over both "
-        f"directions. {_PAIR_NOTE} Depends on the number of shared tiles (plismbench uses 8139). Per site: with the "
-        "source; summary: median over all pairs of joint-set sites.",
+        f"directions. {_PAIR_NOTE} Depends on the number of shared tiles: above eval.plism_max_tiles (8139, "
+        "plismbench's reference) a fixed random subset of that many, the same for every pair and method. Per site: "
+        "with the source; summary: median over all pairs of joint-set sites.",
         title=f"plismbench top-{TOP_K} retrieval accuracy with the source (pooled tiles, both directions)",
         direction=1, bounds=UNIT, summary=_JOINT),
     *(_group_spec(g) for g in robustness.PAIR_GROUPS),
@@ -97,18 +98,31 @@ def _draws(b: Blocks, rows: np.ndarray, values: np.ndarray) -> np.ndarray:
     return bootstrap.ratio(sums[:, :-1], sums[:, -1:])
 
 
-def _pair(inputs: Inputs, i: int, j: int, groups: Mapping[str, tuple[str, str]]) -> _Pair | str:
+def tile_priority(inputs: Inputs) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted unique tile ids, a random priority each), the same for every method (seeded by the run): above
+    eval.plism_max_tiles shared tiles, a pair keeps those of lowest priority, so every pair and method scores one
+    fixed tile subset (as plismbench scores its fixed 8139-tile subset)."""
+    ids = np.unique(np.asarray(inputs.m.heldout_tile_ids))
+    return ids, inputs.ctx.rng(7).random(len(ids))
+
+
+def _pair(inputs: Inputs, i: int, j: int, groups: Mapping[str, tuple[str, str]],
+          priority: tuple[np.ndarray, np.ndarray]) -> _Pair | str:
     """plismbench's cosine and top-10 of sites i and j over their shared tiles, or why there are none."""
     m, ctx = inputs.m, inputs.ctx
     if m.heldout_tile_ids is None:
         return "no heldout_tile_ids given"
     (rows_i, b_i), (rows_j, b_j) = inputs.blocks[i], inputs.blocks[j]
     ids = np.asarray(m.heldout_tile_ids)
-    _, at_i, at_j = np.intersect1d(ids[rows_i], ids[rows_j], return_indices=True)  # each tile's first row
+    shared, at_i, at_j = np.intersect1d(ids[rows_i], ids[rows_j], return_indices=True)  # each tile's first row
     a, b = ctx.site_names[i], ctx.site_names[j]
     if len(at_i) < ctx.settings.min_site_samples:
         return (f"{len(at_i)} tiles shared by {a} and {b} (< min_site_samples={ctx.settings.min_site_samples})"
                 if len(at_i) else f"no tile of {b} also occurs at {a}")
+    if len(shared) > ctx.settings.plism_max_tiles:
+        ranks = priority[1][np.searchsorted(priority[0], shared)]
+        keep = np.sort(np.argsort(ranks, kind="stable")[:ctx.settings.plism_max_tiles])
+        at_i, at_j = at_i[keep], at_j[keep]
     za, zb = np.asarray(m.heldout)[rows_i[at_i]], np.asarray(m.heldout)[rows_j[at_j]]
     cosine = robustness.paired_cosine(za, zb)
     hits_a, hits_b = robustness.retrieval_hits(za, zb, TOP_K)
@@ -125,7 +139,8 @@ def _plism(inputs: Inputs, joint: list[int]) -> tuple[dict[str, dict], dict[str,
     source = ctx.site_names[ctx.source_id]
     groups = {n: robustness.site_factors(n, source, changes) for n in ctx.site_names}
     big = {i for i in range(len(ctx.site_names)) if inputs.size(i) >= ctx.settings.min_site_samples}
-    pairs = {(i, j): _pair(inputs, i, j, groups) for i, j in combinations(joint, 2)}
+    priority = (np.zeros(0), np.zeros(0)) if inputs.m.heldout_tile_ids is None else tile_priority(inputs)
+    pairs = {(i, j): _pair(inputs, i, j, groups, priority) for i, j in combinations(joint, 2)}
     per_site = {}
     for i, n in enumerate(ctx.site_names):
         if i == ctx.source_id:
@@ -137,7 +152,7 @@ def _plism(inputs: Inputs, joint: list[int]) -> tuple[dict[str, dict], dict[str,
             per_site[n] = dict.fromkeys(("plism_cosine", "plism_top10"), reason)
         else:
             key = (min(i, ctx.source_id), max(i, ctx.source_id))
-            pair = pairs[key] if key in pairs else _pair(inputs, *key, groups)
+            pair = pairs[key] if key in pairs else _pair(inputs, *key, groups, priority)
             sides = [inputs.blocks[ctx.source_id][1], inputs.blocks[i][1]]
             per_site[n] = (dict.fromkeys(("plism_cosine", "plism_top10"), pair) if isinstance(pair, str) else {
                 "plism_cosine": bootstrap.from_draws(pair.cosine, sides, "no shared tile"),
