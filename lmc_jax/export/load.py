@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import pathlib
 from typing import Any
@@ -17,8 +18,9 @@ import jax
 import ml_collections
 import numpy as np
 
-from lmc_jax.export.timm import ARCH_KEYS, TIMM_ARCH_HEADS, TimmWeightsError, fold_input_normalization, from_timm
-from lmc_jax.models.vit import arch_kwargs, parse_variant
+from lmc_jax.export.timm import (ARCH_KEYS, TIMM_ARCH_HEADS, TimmWeightsError, describe, fold_input_normalization,
+                                 from_timm, timm_mlp_ratio)
+from lmc_jax.models.vit import SIZES, arch_kwargs, parse_variant
 
 INIT_FROM_PREFIX = "timm:"
 HF_HUB_PREFIX = "hf-hub:"
@@ -102,6 +104,39 @@ def declared_normalization(declared: dict[str, Any]) -> tuple[list[float], list[
         if section.get("mean") is not None and section.get("std") is not None:
             return list(section["mean"]), list(section["std"])
     return None
+
+
+def model_keys_from_weights(state_dict: dict[str, np.ndarray], declared: dict[str, Any],
+                            source: str = "the weights") -> dict[str, Any]:
+    """The `config.model` keys that rebuild the network of timm weights: shapes from the state dict, heads and
+    input normalisation from their config.json (`declared`), pool from its global_pool ('' → "cls"; a model card's
+    own convention, e.g. Virchow2's "cls_patch_mean", is the user's to set)."""
+    args = declared.get("model_args") or {}
+    heads = args.get("num_heads", TIMM_ARCH_HEADS.get(declared.get("architecture")))
+    if heads is None or "patch_embed.proj.weight" not in state_dict:
+        raise TimmWeightsError(f"{source} ({describe(state_dict)}): the attention heads are not in the weights and "
+                               "config.json gives neither model_args.num_heads nor a known architecture; set "
+                               "model.variant ('<width>x<depth>x<heads>/<patch>') yourself.")
+    width, _, patch, _ = state_dict["patch_embed.proj.weight"].shape
+    depth = len({key.split(".")[1] for key in state_dict if key.startswith("blocks.")})
+    named = [name for name, size in SIZES.items() if (size.width, size.depth, size.heads) == (width, depth, heads)]
+    has_cls, reg = "cls_token" in state_dict, state_dict["reg_token"].shape[1] if "reg_token" in state_dict else 0
+    fc2_in = state_dict["blocks.0.mlp.fc2.weight"].shape[1]
+    gated = "blocks.0.mlp.fc1_g.weight" in state_dict or state_dict["blocks.0.mlp.fc1.weight"].shape[0] == 2 * fc2_in
+    positions = state_dict["pos_embed"].shape[1]
+    pool = declared.get("global_pool", args.get("global_pool", "token"))
+    keys = dict(
+        variant=f"{named[0] if named else f'{width}x{depth}x{heads}'}/{patch}",
+        pool=("patch_mean" if has_cls else "mean") if pool == "avg" else ("cls" if has_cls else "mean"),
+        reg_tokens=int(reg), no_embed_class=bool(has_cls + reg) and math.isqrt(positions) ** 2 == positions,
+        mlp="swiglu_packed" if gated else "gelu",
+        mlp_ratio=timm_mlp_ratio(width, 2 * fc2_in if gated else fc2_in),
+        init_values=1e-5 if "blocks.0.ls1.gamma" in state_dict else 0.0,  # the weights' own gammas are loaded
+    )
+    normalization = declared_normalization(declared)
+    if normalization is not None:
+        keys.update(image_mean=tuple(normalization[0]), image_std=tuple(normalization[1]))
+    return keys
 
 
 def load_timm_weights(path: str | pathlib.Path, model_config: ml_collections.ConfigDict,

@@ -155,7 +155,7 @@ class TimmSpec:
     pool: str = "cls"
 
 
-def _timm_mlp_ratio(width: int, hidden: int) -> float:
+def timm_mlp_ratio(width: int, hidden: int) -> float:
     """An mlp_ratio for which timm's int(width · mlp_ratio) is exactly `hidden` (hidden/width can round down)."""
     ratio = hidden / width
     return ratio if int(width * ratio) == hidden else (hidden + 0.5) / width
@@ -176,7 +176,7 @@ def timm_spec(variant: str, pool: str, image_size: int, *, reg_tokens: int = 0, 
     fc1_outputs = hidden if mlp == "gelu" else 2 * hidden
     args: dict[str, Any] = dict(
         img_size=image_size, patch_size=patch, embed_dim=size.width, depth=size.depth,
-        num_heads=size.heads, mlp_ratio=_timm_mlp_ratio(size.width, fc1_outputs),
+        num_heads=size.heads, mlp_ratio=timm_mlp_ratio(size.width, fc1_outputs),
     )
     if reg_tokens:
         args["reg_tokens"] = reg_tokens
