@@ -120,7 +120,8 @@ def test_grid_windows_pad_white_and_stitch_back():
 
 
 def _image(truths, mpp=0.25, scanner="hamamatsu_xr", image_id=1):
-    return ddata.Image(image_id, scanner, np.zeros((64, 64, 3), np.uint8), np.asarray(truths, float).reshape(-1, 2), mpp)
+    truths = np.asarray(truths, float).reshape(-1, 2)
+    return ddata.Image(image_id, scanner, np.zeros((64, 64, 3), np.uint8), truths, mpp)
 
 
 def test_threshold_sweep_maximises_midog_f1_and_prefers_the_higher_threshold():

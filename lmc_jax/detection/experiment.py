@@ -170,7 +170,8 @@ def split_images(images: list[ddata.Image], dcfg: ml_collections.ConfigDict) -> 
     if not source:
         raise UserError(f"no training image of {dcfg.source_scanner!r} outside the test split; lower "
                         "config.detection.test_fraction")
-    return {"train": [im for im in source if im.image_id not in val], "val": [im for im in source if im.image_id in val],
+    return {"train": [im for im in source if im.image_id not in val],
+            "val": [im for im in source if im.image_id in val],
             "test": [im for im in images if im.image_id in test]}
 
 

@@ -35,7 +35,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
         experiment.parse_row(name)
     require(bool(config.data.manual_dir), "data.manual_dir", config.data.manual_dir,
             "the folder holding MIDOG.json and the TIFF images (detection reads whole images)", error=ConfigError)
-    check(d.source_scanner in ddata.SCANNERS[:3], "source_scanner", f"choose an annotated scanner of {ddata.SCANNERS[:3]}")
+    check(d.source_scanner in ddata.SCANNERS[:3], "source_scanner",
+          f"choose an annotated scanner of {ddata.SCANNERS[:3]}")
     check(d.loss in LOSSES, "loss", f"choose one of {sorted(LOSSES)}")
     for key in ("test_fraction", "val_fraction"):
         check(0 < d[key] < 1, key, "must lie in (0, 1)")

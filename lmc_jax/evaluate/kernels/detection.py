@@ -124,9 +124,10 @@ def match_points(pred_yx: np.ndarray, pred_scores: np.ndarray, truth_yx: np.ndar
 
     The MIDOG challenges score with evalutils' `score_detection` (radius 7.5 µm = 30 px at 0.25 µm/px; see
     `midog_match`), which is greedy too but walks the truths in annotation order, each taking its nearest unclaimed
-    prediction, after the participant has thresholded the predictions; neither is an optimal (Hungarian) assignment. The two give the
-    same counts whenever no prediction is within the radius of two truths or no truth within the radius of two
-    predictions; they can differ only where truths closer than 2 × radius share predictions. Going by score makes
+    prediction, after the participant has thresholded the predictions; neither is an optimal (Hungarian) assignment.
+    The two give the same counts whenever no prediction is within the radius of two truths or no truth within the
+    radius of two predictions; they can differ only where truths closer than 2 × radius share predictions (see
+    tests/test_detection.py for a worked case). Going by score makes
     the counts independent of the annotation order and lets one pass serve every threshold (see `Detections`).
     """
     match = greedy_match(pred_yx, pred_scores, truth_yx, radius)
