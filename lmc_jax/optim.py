@@ -73,6 +73,7 @@ def hold_until(inner: optax.GradientTransformation, steps: int) -> optax.Gradien
 
 
 def _schedule(opt: ml_collections.ConfigDict, decay_steps: int) -> optax.Schedule:
+    """Linear warm-up from 0 to the peak learning rate, then cosine decay to 1% of it at `decay_steps`."""
     return optax.warmup_cosine_decay_schedule(
         init_value=0.0,
         peak_value=opt.learning_rate,
@@ -89,6 +90,7 @@ def make_optimizer(config: ml_collections.ConfigDict) -> tuple[optax.GradientTra
     parts = [optax.clip_by_global_norm(opt.grad_clip_norm)] if opt.grad_clip_norm > 0 else []
 
     def adamw(learning_rate: optax.Schedule) -> optax.GradientTransformation:
+        """The configured AdamW on `learning_rate`, weight decay on matrices only."""
         return optax.adamw(learning_rate, b1=opt.b1, b2=opt.b2, weight_decay=opt.weight_decay, mask=_decay_mask)
 
     frozen = int(opt.get("freeze_encoder_steps", 0))

@@ -387,6 +387,7 @@ def _check_arch(sd: dict[str, np.ndarray], source: str, pool: str, reg_tokens: i
 
 
 def _is_square(n: int) -> bool:
+    """Whether n positions form a square patch grid."""
     return n > 0 and math.isqrt(n) ** 2 == n
 
 
