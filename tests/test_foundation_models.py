@@ -243,6 +243,9 @@ def test_hf_hub_init_from_reads_the_local_cache_only(timm, tmp_path, monkeypatch
     assert path.name == "model.safetensors" and "models--bioptimus--H0-mini" in str(path)
     params = load_timm_weights(path, config, 42)
     np.testing.assert_array_equal(params["reg_token"], model.state_dict()["reg_token"].numpy())
+    # model.image_mean/std are H-optimus's, as config.json declares: applied by the model, nothing folded
+    np.testing.assert_array_equal(params["patch_embed"]["kernel"],
+                                  model.state_dict()["patch_embed.proj.weight"].numpy().transpose(2, 3, 1, 0))
     with pytest.raises(TimmWeightsError, match=r"org/absent is not in the local Hugging Face cache .*hf download "
                                                r"org/absent.*models--org--absent"):
         init_from_path("hf-hub:org/absent")
