@@ -45,8 +45,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.tile_size = 0  # slide tile edge in pixels at the tiles' resolution; 0 = the model's crop size
     config.stride = 0  # slide grid step in pixels at the tiles' resolution; 0 = tile_size (no overlap)
     config.min_tissue = 0.25  # tissue fraction a tile needs (slide: Otsu mask; tile files: per tile); 0 keeps all
-    config.slide_backend = "auto"  # auto (OpenSlide for its own formats when installed, else tifffile) | tifffile | openslide
-    config.resize = False  # tiles of another size than the model's crop: False = central crop (as evaluation), True = resize
+    config.slide_backend = "auto"  # auto (OpenSlide for its formats when installed, else tifffile) | tifffile | openslide
+    config.resize = False  # tiles larger than the model's crop: False = its central crop (as evaluation), True = resize
 
     # Stain normalisation in front of the encoder (lmc_jax.stain.normalizers)
     config.normalizer = ""  # "" (none) | macenko | reinhard | vahadane

@@ -110,3 +110,45 @@ def test_unreadable_and_openslide_only_slides_name_the_file(tmp_path):
     if not slides.openslide_available():
         with pytest.raises(slides.SlideError, match="needs OpenSlide"):
             slides.open_slide(tmp_path / "slide.mrxs")
+
+
+class _FakeOpenSlide:
+    """OpenSlide's documented Python API over an array: level_dimensions (w, h), properties, and read_region
+    ((x, y) in level-0 pixels, level, (w, h)) returning an RGBA PIL image whose outside is transparent."""
+
+    def __init__(self, path: str):
+        self.levels = [slide_image(), slide_image()[::2, ::2]]
+        self.level_dimensions = [(level.shape[1], level.shape[0]) for level in self.levels]
+        self.properties = {"openslide.mpp-x": str(MPP)}
+
+    def read_region(self, location, level, size):
+        from PIL import Image
+
+        (x, y), (width, height), scale = location, size, 2**level
+        rgba = np.zeros((height, width, 4), np.uint8)
+        source = self.levels[level][y // scale : y // scale + height, x // scale : x // scale + width]
+        rgba[: source.shape[0], : source.shape[1], :3], rgba[: source.shape[0], : source.shape[1], 3] = source, 255
+        return Image.fromarray(rgba)
+
+    def close(self) -> None:
+        pass
+
+
+def test_the_openslide_backend_reads_level_zero_corners_and_whitens_transparency(monkeypatch, tmp_path):
+    import importlib.machinery
+    import sys
+    import types
+
+    fake = types.ModuleType("openslide")
+    fake.__spec__ = importlib.machinery.ModuleSpec("openslide", None)
+    fake.OpenSlide = _FakeOpenSlide
+    monkeypatch.setitem(sys.modules, "openslide", fake)
+    slide = slides.open_slide(tmp_path / "slide.mrxs")  # auto: OpenSlide for its own formats
+    assert isinstance(slide, slides.OpenSlideSlide) and slide.mpp == MPP and slide.level_shapes[1] == (128, 192)
+    image = slide_image()
+    np.testing.assert_array_equal(slide.read(1, 40, 64, 30, 50), image[::2, ::2][20:50, 32:82])
+    edge = slide.read(0, 250, 380, 10, 10)  # beyond the slide: transparent, composited on white
+    np.testing.assert_array_equal(edge[:6, :4], image[250:, 380:])
+    assert (edge[6:] == 255).all()
+    plan = slides.plan_tiles(slide, tile_size=32, stride=32, level=1, min_tissue=0.5)
+    assert plan.background >= 12 and all(x < 192 for _, x in plan.coords)

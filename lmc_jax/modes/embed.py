@@ -68,13 +68,17 @@ def validate(config: ml_collections.ConfigDict) -> None:
     require(config.mode == "embed", "mode", config.mode, "this config is for mode='embed'")
     require(bool(config.checkpoint), "checkpoint", config.checkpoint,
             "set it to a training workdir, an export directory or timm:/path/model.safetensors")
-    api.resolve(config.checkpoint)
+    try:
+        api.resolve(config.checkpoint)
+    except UserError as error:
+        raise UserError(f"config.{error}") from None
     require(bool(config.input), "input", config.input, "set it to a folder of tiles, a .csv of tile paths or a slide")
     require(pathlib.Path(config.input).exists(), "input", config.input, "no such file or folder")
     _input_kind(pathlib.Path(config.input))
     for key in ("step", "level", "tile_size", "stride"):
-        require(isinstance(config[key], int) and not isinstance(config[key], bool) and config[key] >= (-1 if key ==
-                "step" else 0), key, config[key], "must be a non-negative integer" + (" or -1" if key == "step" else ""))
+        lowest = -1 if key == "step" else 0
+        require(isinstance(config[key], int) and not isinstance(config[key], bool) and config[key] >= lowest, key,
+                config[key], "must be a non-negative integer" + (" or -1 (the newest)" if lowest else ""))
     for key in ("batch_size", "shard_size"):
         require(isinstance(config[key], int) and config[key] > 0, key, config[key], "must be a positive integer")
     require(config.mpp >= 0, "mpp", config.mpp, "microns per pixel > 0, or 0 to tile at config.level")
@@ -163,22 +167,29 @@ def _digest(items: list[Item]) -> str:
     return hashlib.sha1("\n".join(f"{p}|{y}|{x}" for p, y, x in items).encode()).hexdigest()[:16]
 
 
+def _identity(model: dict) -> dict:
+    """What makes two encoders the same: run, step, weights and architecture (not how the path was spelt)."""
+    return {key: value for key, value in model.items() if key != "source"}
+
+
 def _check_manifest(workdir: epath.Path, manifest: dict) -> None:
     """Writes the manifest on the first run; on a restart refuses another model, input or tiling."""
     path = workdir / MANIFEST
     if path.exists():
         old = json.loads(path.read_text())
-        if old.get("model") != manifest["model"]:
+        if _identity(old.get("model") or {}) != _identity(manifest["model"]):
             raise UserError(f"--workdir {workdir} holds embeddings of {old.get('model')}; config.checkpoint="
                             f"{manifest['model']['source']!r} is another model: use another --workdir, or delete it")
-        changed = sorted(key for key in manifest if old.get(key) != manifest[key])
+        changed = sorted(key for key in manifest if key != "model" and old.get(key) != manifest[key])
         if changed:
             raise UserError(f"--workdir {workdir} holds embeddings made with other {', '.join(changed)} (see "
                             f"{path}): use another --workdir, or the settings of the first run")
         return
     if jax.process_index() == 0:
         workdir.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(manifest, indent=2) + "\n")
+        temporary = pathlib.Path(workdir) / f".{MANIFEST}.partial"
+        temporary.write_text(json.dumps(manifest, indent=2) + "\n")
+        os.replace(temporary, pathlib.Path(path))  # other processes never read half a manifest
 
 
 class _Progress:
@@ -236,7 +247,7 @@ def _embed_shard(items: list[Item], work: _Work, encoder: api.Encoder, normalize
         kept.clear()
 
     for item in items:
-        start = time.perf_counter()
+        start, queued = time.perf_counter(), False
         tile = work.read(item)
         if isinstance(tile, str):
             where = item[0] if work.tiling["kind"] != "slide" else f"{item[0]} (y={item[1]}, x={item[2]})"
@@ -248,8 +259,9 @@ def _embed_shard(items: list[Item], work: _Work, encoder: api.Encoder, normalize
             height, width = (extent, extent) if extent else tile.shape[:2]
             pending.append(api.prepare(tile[None], encoder.crop_size, config.resize)[0])
             kept.append((item[0], item[1], item[2], height, width))
+            queued = True
         shard.read_seconds += time.perf_counter() - start
-        if len(kept) == 0 or kept[-1][:3] != item:
+        if not queued:
             progress.advance(1)  # skipped: counts towards the ETA now; embedded tiles count when their batch is done
         if len(pending) == encoder.batch_size:
             flush()
