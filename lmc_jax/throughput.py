@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pathlib
+
 import jax
 
 # Dense peak FLOP/s per chip for the compute dtype (vendor data sheets; bf16 without sparsity).
@@ -56,3 +58,12 @@ def required_rate(flops_per_item: float, peak: float, utilisation: float = 0.4) 
         raise ValueError(f"need flops_per_item > 0, peak > 0 and 0 < utilisation ≤ 1; got {flops_per_item}, "
                          f"{peak}, {utilisation}")
     return utilisation * peak / flops_per_item
+
+
+def cpu_model() -> str:
+    """This machine's CPU model from /proc/cpuinfo ("unknown" where it has none), to note beside a timing."""
+    try:
+        lines = pathlib.Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return "unknown"
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "unknown")
