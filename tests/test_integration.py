@@ -138,3 +138,58 @@ def test_silhouette_batch_matches_scib_metrics(seed):
     golden = _golden(f"silhouette_batch_{seed}", x, labels, batch)
     ours = integration.silhouette_batch_score(integration.silhouette_batch_cells(x, labels, batch), labels)[0]
     assert ours == pytest.approx(float(golden[f"silhouette_batch_{seed}"]), abs=1e-5)
+
+
+def _brute_force(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """float64 distance matrix, each row sorted by (distance, index)."""
+    d = np.sqrt(((x[:, None, :].astype(np.float64) - x[None, :, :]) ** 2).sum(-1))
+    order = np.lexsort((np.broadcast_to(np.arange(len(x)), d.shape), d), axis=1)[:, :k]
+    return order, np.take_along_axis(d, order, axis=1)
+
+
+def test_blocked_exact_knn_equals_brute_force_with_ties(monkeypatch):
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=(900, 5)).astype(np.float32)
+    x[600:606] = x[3]  # seven identical rows: exact distance ties
+    monkeypatch.setattr(integration, "_REF_BLOCK", 256)  # 4 reference blocks, the last one padded
+    idx, dist = integration.knn(x, 12)
+    ref_idx, ref_dist = _brute_force(x, 12)
+    np.testing.assert_allclose(dist, ref_dist, atol=1e-5)
+    assert (idx == ref_idx).mean() > 0.999  # Gram-trick round-off may swap neighbours within 1e-6
+    tied = [3, 600, 601, 602, 603, 604, 605]
+    for row in tied:  # the 7 duplicates (distance 0) are each other's first 7 neighbours
+        assert sorted(idx[row, :7]) == tied and np.all(dist[row, :7] == 0)
+    sub_idx, sub_dist = integration.knn(x, 12, rows=np.array([5, 700]))
+    np.testing.assert_array_equal(sub_idx, idx[[5, 700]])
+    np.testing.assert_array_equal(sub_dist, dist[[5, 700]])
+
+
+def test_ivf_knn_with_every_list_probed_is_exact():
+    x, _, _ = _data(12, n=800)
+    idx, dist = integration.knn(x, 20)
+    ivf_idx, ivf_dist = integration.ivf_knn(x, 20, lists=16, probes=16)
+    np.testing.assert_allclose(ivf_dist, dist, atol=1e-5)
+    assert (ivf_idx == idx).mean() > 0.999
+
+
+def test_ivf_knn_graph_recall_on_clustered_embeddings():
+    rng = np.random.default_rng(13)
+    centres = 4.0 * rng.normal(size=(100, 24))
+    x = (centres[rng.integers(0, 100, 6000)] + rng.normal(size=(6000, 24))).astype(np.float32)
+    idx, dist, info = integration.knn_graph(x, 15, exact_max_rows=5000)
+    assert info["method"] == "ivf" and info["lists"] == 77 and info["recall_queries"] == 500
+    exact, _ = integration.knn(x, 15)
+    direct = np.mean([len(np.intersect1d(a, b)) / 15 for a, b in zip(exact, idx)])
+    assert info["recall_at_k"] >= 0.95 and abs(info["recall_at_k"] - direct) < 0.03
+    assert (idx[:, 0] == np.arange(len(x))).all() and np.all(np.diff(dist, axis=1) >= 0)
+    assert integration.knn_graph(x[:400], 15)[2] == {"method": "exact"}
+
+
+def test_silhouette_by_reference_sample_estimates_the_exact_scores(monkeypatch):
+    x, labels, batch = _data(14, n=3000)
+    exact = integration.silhouette_batch_cells(x, labels, batch)
+    monkeypatch.setattr(integration, "SILHOUETTE_REFERENCE", 300)
+    approx = integration.silhouette_batch_cells(x, labels, batch, exact_max_rows=1000)
+    assert np.corrcoef(exact, approx)[0, 1] > 0.95
+    score = integration.silhouette_batch_score(exact, labels)[0]
+    assert integration.silhouette_batch_score(approx, labels)[0] == pytest.approx(score, abs=0.01)
