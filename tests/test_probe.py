@@ -78,3 +78,14 @@ def test_warm_start_reaches_the_same_probe():
     # with no Newton step the warm start is exactly the old decision function, re-expressed on the new z-scores
     start = probe.fit_logistic(x, y, max_iter=0, init=previous)
     np.testing.assert_allclose(probe.predict_proba(start, x), probe.predict_proba(previous, x), rtol=1e-5)
+
+
+def test_subsampled_hessian_newton_reaches_the_exact_newton_probe(monkeypatch):
+    x, y = _problem(4, n=3000, d=12)
+    exact = probe.fit_logistic(x, y, l2=1e-2)
+    monkeypatch.setattr(probe, "NEWTON_HESSIAN_ROWS", 256)  # 3000 rows: Hessian of a 256-row subsample
+    sub = probe.fit_logistic(x, y, l2=1e-2)
+    # both stop at max|gradient| < 1e-5 (exact Newton well below it): the same optimum to that tolerance
+    np.testing.assert_allclose(np.asarray(probe.predict_proba(sub, x)), np.asarray(probe.predict_proba(exact, x)),
+                               atol=1e-5)
+    np.testing.assert_allclose(np.asarray(sub.w), np.asarray(exact.w), atol=1e-4)
