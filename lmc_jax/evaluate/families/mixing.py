@@ -1,6 +1,8 @@
 """Batch mixing over the sites jointly (scib-style silhouette-batch, iLISI, kBET), also broken down per site.
 
-A stratified random subsample of the joint sites (source-standardised embeddings) gets one kNN graph;
+A stratified random subsample of the joint sites (source-standardised embeddings; eval.integration_max_samples,
+all rows when it is at least their number) gets one kNN graph, exact up to integration.EXACT_MAX_ROWS cells and an
+inverted-file index above (its recall@k, measured against exact neighbours, is in the "mixing" entry's "knn");
 per-cell scores are aggregated over all cells (the scib number, the summary's "joint" value) and over each
 site's cells (how well that site mixes). Bootstrap draws reweight the cells by their site's block counts;
 the kNN graph itself is held fixed.
@@ -67,13 +69,13 @@ def mixing_estimates(sites: Mapping[str, tuple[np.ndarray, np.ndarray, Blocks]],
     batch = np.concatenate([np.full(len(picks[s]), i) for i, s in enumerate(names)])
     weights = np.concatenate([sites[s][2].draws()[:, sites[s][2].ids[picks[s]]] for s in names], axis=1)
     k_lisi, k_kbet = min(lisi_neighbors, len(z)), min(kbet_neighbors, len(z))
-    indices, distances = integration.knn(z, max(k_lisi, k_kbet))
+    indices, distances, graph = integration.knn_graph(z, max(k_lisi, k_kbet))
     lisi = integration.lisi(indices[:, :k_lisi], distances[:, :k_lisi], batch)
     accepted, _ = integration.kbet_cells(indices[:, :k_kbet], batch, kbet_alpha)
     silhouette = integration.silhouette_batch_cells(z, labels, batch)
 
     def metrics(cells: np.ndarray, blocks: list[Blocks]) -> dict[str, Estimate]:
-        w = weights[:, cells]
+        w = weights if len(cells) == len(z) else weights[:, cells]
         return {
             "silhouette_batch": bootstrap.from_draws(
                 integration.silhouette_batch_score(silhouette[cells], labels[cells], w),
@@ -85,7 +87,7 @@ def mixing_estimates(sites: Mapping[str, tuple[np.ndarray, np.ndarray, Blocks]],
     per_site = {s: metrics(np.flatnonzero(batch == i), [sites[s][2]]) for i, s in enumerate(names)}
     joint = metrics(np.arange(len(z)), [sites[s][2] for s in names])
     info = {"sites": names, "n": int(len(z)), "per_site_n": {s: int(len(picks[s])) for s in names},
-            "lisi_neighbors": k_lisi, "kbet_neighbors": k_kbet, "kbet_alpha": kbet_alpha}
+            "lisi_neighbors": k_lisi, "kbet_neighbors": k_kbet, "kbet_alpha": kbet_alpha, "knn": graph}
     return per_site, joint, info
 
 
