@@ -105,13 +105,16 @@ def test_camelyon16_crossbatch_config_end_to_end(tmp_path):
     config = _shrink(runpy.run_path("configs/camelyon16_crossbatch.py")["get_config"](), tiny_config())
     config.data.data_dir, config.data.builder_config = str(data_dir), "test32"
     ev = config.eval
-    ev.protocols, ev.signature_folds, ev.bootstrap_replicates, ev.min_site_samples = (), 0, 20, 2
+    ev.protocols, ev.signature_folds, ev.bootstrap_replicates, ev.min_site_samples = (), 0, 0, 2
     ev.normalizer_fit_tiles = 16
+    # the config's rows: every normaliser in front of both encoders; the run below keeps one of the six (each costs
+    # its own compiles: all six made this test take ten minutes on a busy 2-core machine)
+    assert tuple(ev.normalizers) == ("macenko", "reinhard", "vahadane")
+    assert tuple(ev.normalizer_encoders) == ("geometric_only", "lmc")
+    ev.normalizers, ev.normalizer_encoders = ("macenko",), ("lmc",)
     train_mode.validate(config)
     metrics = train_mode.run(config, tmp_path / "work")
-    rows = set(metrics["methods"])
-    assert rows == {"lmc", "geometric_only", *(f"{n}+{e}" for n in ("macenko", "reinhard", "vahadane")
-                                                 for e in ("geometric_only", "lmc"))}
+    assert set(metrics["methods"]) == {"lmc", "geometric_only", "macenko+lmc"}
     assert metrics["source_site"] == "radboud_umc"
     for name, m in metrics["methods"].items():  # Utrecht is unseen: the cross-batch AUC is its probe AUC
         utrecht = m["per_site"]["umc_utrecht"]
