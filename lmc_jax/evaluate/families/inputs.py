@@ -12,7 +12,7 @@ import numpy as np
 
 from lmc_jax.evaluate.kernels import bootstrap, probe, transfer
 from lmc_jax.evaluate.kernels.bootstrap import Blocks
-from lmc_jax.evaluate.kernels.separation import standardize
+from lmc_jax.evaluate.kernels.separation import reference_stats
 from lmc_jax.evaluate.settings import Settings
 
 
@@ -104,10 +104,15 @@ class Inputs:
         if np.sqrt(np.mean(np.var(raw[src_rows], axis=0, dtype=np.float64))) <= \
                 1e-9 * max(float(np.sqrt(np.mean(raw[src_rows].astype(np.float64) ** 2))), 1e-30):
             return "source-site embeddings are constant (collapsed encoder): nothing to standardise distances by"
-        z = np.asarray(standardize(raw, raw[src_rows]))
+        mean, std = reference_stats(raw[src_rows])
         labels, ids = np.asarray(self.m.heldout_labels), self.m.heldout_tile_ids
-        return {i: Site(z[rows], raw[rows], labels[rows], None if ids is None else np.asarray(ids)[rows], b)
-                for i, (rows, b) in self.blocks.items()}
+
+        def site(rows: np.ndarray, b: Blocks) -> Site:  # site by site: no full-size z-scored copy (as `standardize`)
+            x = raw[rows]
+            return Site(((x - mean) / std).astype(np.float32), x, labels[rows],
+                        None if ids is None else np.asarray(ids)[rows], b)
+
+        return {i: site(rows, b) for i, (rows, b) in self.blocks.items()}
 
     @cached_property
     def probe(self) -> FittedProbe:
