@@ -117,9 +117,10 @@ class Meter:
         return out
 
 
-def suite_run(m: MethodEmbeddings, settings: Settings, meter: Meter | None = None) -> dict:
+def suite_run(m: MethodEmbeddings, settings: Settings, meter: Meter | None = None, skip: tuple[str, ...] = ()
+              ) -> dict:
     """The suite's result for one method on the 5 synthetic domains; with a meter, each family (and the shared
-    inputs, computed up front) is measured."""
+    inputs, computed up front) is measured and the families named in `skip` are left out."""
     if meter is None:
         return evaluate_embeddings({"m": m}, site_names=DOMAINS, source_site="source", key=jax.random.key(0),
                                    settings=settings)["methods"]["m"]
@@ -133,7 +134,8 @@ def suite_run(m: MethodEmbeddings, settings: Settings, meter: Meter | None = Non
         return dataclasses.replace(f, evaluate=lambda inputs: meter.measure(f.name, lambda: f.evaluate(inputs)))
 
     saved = families.FAMILIES, suite.Inputs
-    families.FAMILIES, suite.Inputs = tuple(measured(f) for f in families.FAMILIES), MeasuredInputs
+    families.FAMILIES = tuple(measured(f) for f in families.FAMILIES if f.name not in skip)
+    suite.Inputs = MeasuredInputs
     try:
         return suite_run(m, settings)
     finally:
@@ -214,20 +216,18 @@ def main() -> None:
     parser.add_argument("--mixing-rows", type=int, default=0, help="mixing subsample (0 = every held-out row)")
     parser.add_argument("--scib-rows", type=int, default=DEFAULTS.integration_max_samples,
                         help="cells of the side-by-side mixing comparison with scib-metrics")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["protocols", "signatures"],
-                        help="leave out these families (their default settings turned off)")
+    parser.add_argument("--skip", nargs="*", default=[], help="leave out these families (e.g. protocols signatures "
+                        "robustness; robustness's kNN takes the mixing row count, exact)")
     parser.add_argument("--json", type=pathlib.Path, default=None, help="also write the figures here")
     args = parser.parse_args()
     load = os.getloadavg()[0]  # other processes on the machine slow every row alike
     m = synthetic(args.rows, args.dim, patients=args.patients)
-    settings = DEFAULTS.replace(integration_max_samples=args.mixing_rows or args.rows,
-                                **({"protocols": ()} if "protocols" in args.skip else {}),
-                                **({"signature_folds": 0} if "signatures" in args.skip else {}))
+    settings = DEFAULTS.replace(integration_max_samples=args.mixing_rows or args.rows)
     rows = [("data", f"{args.rows:,} held-out + {len(m.train):,} train × {args.dim}, 5 domains, 2 classes, "
                      f"{len(np.unique(m.heldout_groups)):,} patients", "", "", "")]
     suite_run(synthetic(2000, args.dim, seed=1), settings.replace(protocols=(), signature_folds=0))  # compile once
     meter = Meter()
-    result, total = timed(lambda: suite_run(m, settings, meter))
+    result, total = timed(lambda: suite_run(m, settings, meter, tuple(args.skip)))
     for name, (seconds, gib) in meter.rows.items():
         rows.append((name, f"{seconds:.1f} s", "", "", f"peak RSS {gib:.2f} GiB"))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
