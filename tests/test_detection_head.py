@@ -166,3 +166,23 @@ def test_training_windows_hold_every_figure_and_jittered_copies():
     assert len(w.images) == 7 and w.positive.sum() == 6
     np.testing.assert_array_equal(w.sigma, np.full(7, 2.0, np.float32))  # 0.5 µm at 0.25 µm/px
     np.testing.assert_array_equal(w.centres[0][w.valid[0]], [[4.0, 4.0]])
+
+
+def test_train_head_freezes_the_encoder_unless_finetuning():
+    encoder_def, encoder_params = nnx.split(ViT("mu/8", 24, pool="cls", rngs=nnx.Rngs(params=0)))
+    rng = np.random.default_rng(0)
+    windows = fit.Windows(rng.integers(0, 255, (4, 24, 24, 3), dtype=np.uint8),
+                          np.array([[[12.0, 12.0]], [[4.0, 20.0]], [[0.0, 0.0]], [[0.0, 0.0]]], np.float32),
+                          np.array([[True], [True], [False], [False]]), np.full(4, 2.0, np.float32))
+    cfg = ml_collections.ConfigDict({"heatmap_stride": 4, "hidden": 8, "finetune_encoder": False, "loss": "focal",
+                                     "focal_gamma": 2.0, "pos_weight": 50.0, "learning_rate": 1e-2,
+                                     "weight_decay": 0.0, "num_steps": 3, "batch_size": 4, "positive_fraction": 0.5})
+    before = jax.tree.leaves(encoder_params)
+    frozen = fit.train_head(encoder_def, encoder_params, windows, cfg, seed=0)
+    assert len(frozen.losses) == 3 and np.all(np.isfinite(frozen.losses))
+    assert all(np.array_equal(a, b) for a, b in zip(before, jax.tree.leaves(frozen.encoder_params)))
+    cfg.finetune_encoder = True
+    tuned = fit.train_head(encoder_def, encoder_params, windows, cfg, seed=0)
+    assert any(not np.array_equal(a, b) for a, b in zip(before, jax.tree.leaves(tuned.encoder_params)))
+    heat = fit.heatmap_fn(tuned, lambda x: x, 4)(rng.integers(0, 255, (30, 50, 3), dtype=np.uint8))
+    assert heat.shape == (8, 13) and np.all((heat >= 0) & (heat <= 1))  # ⌈30/4⌉ × ⌈50/4⌉ cells
