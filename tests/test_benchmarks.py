@@ -30,8 +30,8 @@ def test_accelerator_tiny_runs_every_section(tmp_path):
     assert step["tiles_per_s"] > 0 and step["flops_per_step"] > 0 and step["mfu"] is None  # no peak known for a CPU
     attention = result["sections"]["attention"]["mu/8"]
     assert attention["ours (vit.py einsums)"]["ms_fwd_bwd"] > 0 and "ms_fwd_bwd" in attention["dot_product_attention(xla)"]
-    assert result["sections"]["headroom"]["mu/8"]["largest_batch_tiles"] >= 16
-    assert {"macenko 32²", "reinhard 48²"} <= result["sections"]["stain"].keys()
+    assert result["sections"]["headroom"]["mu/8"] == {"largest_batch_tiles": 8, "stopped_by": "limit"}
+    assert {"macenko 32²", "reinhard 32²"} <= result["sections"]["stain"].keys()
     assert result["sections"]["evaluate"]["rows"] == 1000
     table = (tmp_path / "accelerator.md").read_text()
     assert "| train | mu/8 | tiles_per_s |" in table
