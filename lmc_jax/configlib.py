@@ -16,7 +16,7 @@ from lmc_jax import errors, methods, objectives
 from lmc_jax.evaluate.extra_encoders import parse_specs
 from lmc_jax.evaluate.settings import Settings
 from lmc_jax.export.load import init_from_path
-from lmc_jax.models.vit import parse_variant
+from lmc_jax.models.vit import MLPS, POOLS, parse_variant
 from lmc_jax.stain.normalizers import NAMES as NORMALIZERS
 
 MODES = ("train", "evaluate")
@@ -61,6 +61,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _require(opt.grad_accum_steps >= 1 and config.batch_size % opt.grad_accum_steps == 0,
              "optimizer.grad_accum_steps", opt.grad_accum_steps, f"must be ≥ 1 and divide batch_size={config.batch_size}")
     _require(0 <= opt.ema_decay < 1, "optimizer.ema_decay", opt.ema_decay, "must be in [0, 1); 0 disables")
+    _require(0 <= opt.freeze_encoder_steps < config.num_steps, "optimizer.freeze_encoder_steps",
+             opt.freeze_encoder_steps, f"must be in [0, num_steps={config.num_steps}); 0 trains the encoder at once")
     dist = config.distributed
     _require(dist.num_processes >= 1, "distributed.num_processes", dist.num_processes, "must be ≥ 1")
     _require(0 <= dist.process_id < dist.num_processes, "distributed.process_id", dist.process_id,
@@ -108,7 +110,15 @@ def _validate_model(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(str(error)) from None
     _require(config.data.crop_size % patch == 0, "data.crop_size", config.data.crop_size,
              f"must be a multiple of the patch size {patch} of model.variant={model.variant!r}")
-    _require(model.pool in ("cls", "mean"), "model.pool", model.pool, "choose 'cls' or 'mean'")
+    _require(model.pool in POOLS, "model.pool", model.pool, f"choose one of {POOLS}")
+    _require(model.reg_tokens >= 0, "model.reg_tokens", model.reg_tokens, "must be ≥ 0 (0 = no register tokens)")
+    _require(model.mlp in MLPS, "model.mlp", model.mlp, f"choose one of {MLPS}")
+    _require(model.mlp_ratio >= 0, "model.mlp_ratio", model.mlp_ratio, "must be ≥ 0 (0 = the size's own)")
+    _require(model.init_values >= 0, "model.init_values", model.init_values, "must be ≥ 0 (0 = no layer scale)")
+    for key in ("image_mean", "image_std"):
+        values = tuple(model[key])
+        _require(len(values) == 3 and (key == "image_mean" or min(values) > 0), f"model.{key}", values,
+                 "three per-channel values (RGB)" + (", each > 0" if key == "image_std" else ""))
     _require(model.dtype in DTYPES, "model.dtype", model.dtype, f"choose one of {DTYPES}")
     dims = tuple(model.projector_dims)
     _require(len(dims) > 0 and all(int(d) > 0 for d in dims), "model.projector_dims", dims,

@@ -16,6 +16,13 @@ def test_default_and_tiny_configs_are_valid():
     validate(tiny_config())
 
 
+def test_foundation_model_architecture_keys_are_valid():
+    config = tiny_config()
+    config.model.pool, config.model.mlp, config.model.reg_tokens, config.model.init_values = \
+        "cls_patch_mean", "swiglu_packed", 4, 1e-5
+    validate(config)
+
+
 @pytest.mark.parametrize(
     "key, value, message",
     [
@@ -25,6 +32,11 @@ def test_default_and_tiny_configs_are_valid():
         ("data.crop_size", 20, "multiple of the patch size"),
         ("model.variant", "Giant/8", "model.variant"),
         ("model.dtype", "int8", "config.model.dtype"),
+        ("model.pool", "max", "config.model.pool"),
+        ("model.mlp", "relu", "config.model.mlp"),
+        ("model.reg_tokens", -1, "config.model.reg_tokens"),
+        ("model.image_std", (0.2, 0.0, 0.2), "config.model.image_std"),
+        ("optimizer.freeze_encoder_steps", 6, "config.optimizer.freeze_encoder_steps"),  # = num_steps
         ("lmc.num_views", 1, "config.lmc.num_views"),
         ("lmc.stain.hed_jitter", -0.1, "config.lmc.stain.hed_jitter"),
         ("optimizer.warmup_steps", 100, "config.optimizer.warmup_steps"),

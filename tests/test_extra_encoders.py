@@ -2,20 +2,44 @@
 
 import json
 
+import jax
 import ml_collections
 import pytest
 
 from lmc_jax import configlib
 from lmc_jax.evaluate import extra_encoders
 from lmc_jax.evaluate.extra_encoders import ExtraEncoderError, parse_spec, parse_specs, timm_model_config
+from lmc_jax.export.timm import TimmWeightsError
 from tests.tiny_config import tiny_config
 
 
+def _timm_weights(path, variant="mu/8", **model_keys):
+    """timm-layout weights of our randomly initialised encoder of `variant` (and architecture keys) at `path`."""
+    import safetensors.numpy  # pylint: disable=import-outside-toplevel
+
+    from lmc_jax import parallel, runs  # pylint: disable=import-outside-toplevel
+    from lmc_jax.export.timm import to_timm  # pylint: disable=import-outside-toplevel
+
+    config = tiny_config()
+    config.model.variant = variant
+    config.model.update(model_keys)
+    config.data.crop_size = config.data.tile_size = 3 * int(variant.rpartition("/")[2])  # a 3 × 3 patch grid
+    _, params = runs.initial_params(config, parallel.make_mesh())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    safetensors.numpy.save_file(to_timm(jax.device_get(params["encoder"])), str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory):
+    return _timm_weights(tmp_path_factory.mktemp("weights") / "model.safetensors")
+
+
 @pytest.fixture
-def sources(tmp_path):
+def sources(tiny_weights, tmp_path):
     weights = tmp_path / "uni" / "model.safetensors"
     weights.parent.mkdir()
-    weights.write_bytes(b"")
+    weights.write_bytes(tiny_weights.read_bytes())
     workdir = tmp_path / "run_a"
     (workdir / "checkpoints").mkdir(parents=True)
     (workdir / "config.json").write_text(tiny_config().to_json())
@@ -63,9 +87,8 @@ def test_specs_must_exist_and_have_new_names(sources, tmp_path):
             _parse(*specs)
 
 
-def test_timm_weights_that_do_not_fit_the_crop_are_refused_before_training(sources):
-    weights, _ = sources
-    (weights.parent / "config.json").write_text(json.dumps({"architecture": "vit_small_patch32_224"}))
+def test_timm_weights_that_do_not_fit_the_crop_are_refused_before_training(tmp_path):
+    weights = _timm_weights(tmp_path / "p32" / "model.safetensors", variant="mu/32")
     with pytest.raises(ExtraEncoderError, match="patch size 32 is larger than data.crop_size=24"):
         _parse(f"timm:{weights}")
 
@@ -84,26 +107,31 @@ def _model(variant="Mi/8", pool="mean"):
     return ml_collections.ConfigDict(dict(variant=variant, pool=pool, dtype="float32", projector_dims=(8,)))
 
 
-def test_timm_architecture_comes_from_config_json(tmp_path):
-    weights = tmp_path / "model.safetensors"
-    assert timm_model_config(weights, _model()).variant == "Mi/8"  # no config.json: the config's model
-    (tmp_path / "config.json").write_text(json.dumps({"architecture": "vit_small_patch16_224", "global_pool": "token"}))
+def test_timm_architecture_comes_from_the_weights_and_their_config_json(sources):
+    weights, _ = sources
+    model = timm_model_config(weights, _model("mu/8", pool="mean"))  # no config.json: shapes + the config's heads
+    assert (model.variant, model.pool, model.reg_tokens, model.mlp, model.dtype) == ("mu/8", "cls", 0, "gelu",
+                                                                                      "float32")
+    (weights.parent / "config.json").write_text(json.dumps({"architecture": "vit_tiny_patch16_224",
+                                                            "global_pool": "avg", "model_args": {"num_heads": 2}}))
+    assert timm_model_config(weights, _model()).pool == "patch_mean"
+
+
+def test_foundation_model_features_are_read_from_the_weights(tmp_path):
+    """Register tokens, packed SwiGLU and layer scale (Virchow2's parts) come from the weights' shapes."""
+    weights = _timm_weights(tmp_path / "fm" / "model.safetensors", reg_tokens=4, mlp="swiglu_packed",
+                            init_values=1e-5, mlp_ratio=5.3375, pool="cls_patch_mean")
+    (weights.parent / "config.json").write_text(json.dumps({"architecture": "vit_huge_patch14_224",
+                                                            "global_pool": "", "model_args": {"num_heads": 2}}))
     model = timm_model_config(weights, _model())
-    assert (model.variant, model.pool, model.dtype) == ("S/16", "cls", "float32")
-    (tmp_path / "config.json").write_text(json.dumps({
-        "architecture": "vit_tiny_patch16_224", "global_pool": "avg",
-        "model_args": {"embed_dim": 32, "depth": 2, "num_heads": 2, "patch_size": 8, "class_token": False}}))
-    model = timm_model_config(weights, _model(pool="cls"))
-    assert (model.variant, model.pool) == ("mu/8", "mean")
+    assert (model.variant, model.reg_tokens, model.mlp, model.init_values) == ("mu/8", 4, "swiglu_packed", 1e-5)
 
 
-@pytest.mark.parametrize("declared, words", [({"architecture": "resnet50"}, "not one of"),
-                                             ({"model_args": {"embed_dim": 100, "depth": 3, "num_heads": 4,
-                                                              "patch_size": 16}}, "no ViT size")])
-def test_unknown_timm_architectures_are_refused(tmp_path, declared, words):
-    (tmp_path / "config.json").write_text(json.dumps(declared))
-    with pytest.raises(ExtraEncoderError, match=words):
-        timm_model_config(tmp_path / "model.safetensors", _model())
+def test_weights_whose_heads_are_unknown_are_refused(sources):
+    weights, _ = sources
+    (weights.parent / "config.json").write_text(json.dumps({"architecture": "resnet50"}))
+    with pytest.raises(TimmWeightsError, match="attention heads"):
+        timm_model_config(weights, _model())
 
 
 def test_crop_is_the_largest_patch_multiple_within_the_data_crop():

@@ -1,9 +1,9 @@
 """Extra encoders for the methods table: another training run's checkpoint, or timm ViT weights.
 
 `config.eval.extra_encoders` lists specs `[NAME=]SOURCE`: SOURCE is a training workdir (its
-`config.json` says which model to rebuild) or `timm:/path/model.safetensors` (a `.bin`/`.pth` state
-dict also works; the architecture is read from a timm `config.json` beside the weights, else
-`config.model`). Each becomes a row of the table next to LMC, evaluated on the same tiles.
+`config.json` says which model to rebuild), `timm:/path/model.safetensors` (a `.bin`/`.pth` state
+dict also works; the architecture is read from the weights' shapes and the timm `config.json` beside them)
+or `hf-hub:org/name` (a model in the local Hugging Face cache, never downloaded). Each becomes a row of the table next to LMC, evaluated on the same tiles.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import logging
 import pathlib
 import re
 from collections.abc import Iterable
+from typing import NamedTuple
 
 import jax
 import ml_collections
@@ -21,9 +22,10 @@ from etils import epath
 from lmc_jax import runs
 from lmc_jax.errors import ConfigError, UserError
 from lmc_jax.evaluate.embed import Features, encoder_features, run_features
-from lmc_jax.export.load import INIT_FROM_PREFIX, load_timm_weights, read_hub_config
-from lmc_jax.export.timm import TIMM_ARCHS, TimmWeightsError
-from lmc_jax.models.vit import SIZES, parse_variant
+from lmc_jax.export.load import (HF_HUB_PREFIX, INIT_FROM_PREFIX, hf_hub_weights, load_timm_weights,
+                                 model_keys_from_weights, read_hub_config, read_state_dict)
+from lmc_jax.export.timm import TimmWeightsError
+from lmc_jax.models.vit import parse_variant
 
 
 class ExtraEncoderError(ConfigError):
@@ -31,7 +33,6 @@ class ExtraEncoderError(ConfigError):
 
 
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
-_TIMM_POOL = {"token": "cls", "avg": "mean"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +50,9 @@ def parse_spec(spec: str) -> ExtraEncoder:
     a '/' (write `./a=b` for a relative path with '='). Raises ExtraEncoderError saying what is wrong."""
     head, separator, tail = spec.partition("=")
     name, source = (head, tail) if separator and "/" not in head else ("", spec)  # '=' later is in the path
+    if source.startswith(HF_HUB_PREFIX):  # a model in the local Hugging Face cache: its weights file
+        repo = source[len(HF_HUB_PREFIX):]
+        source, name = f"{INIT_FROM_PREFIX}{hf_hub_weights(repo)}", name or repo.rpartition("/")[2]
     kind = "timm" if source.startswith(INIT_FROM_PREFIX) else "workdir"
     raw = source[len(INIT_FROM_PREFIX):] if kind == "timm" else source
     if not raw:
@@ -95,31 +99,42 @@ def parse_specs(config: ml_collections.ConfigDict, reserved: Iterable[str]) -> l
 
 
 def timm_model_config(weights: pathlib.Path, fallback: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """`config.model` with variant and pool read from timm's config.json beside `weights` (model_args or a
-    known architecture name); without one, `fallback` unchanged."""
+    """`config.model` with the architecture keys that rebuild `weights` (variant, registers, MLP, layer scale,
+    normalisation, timm's pooling: `load.model_keys_from_weights`, from their shapes and the config.json beside
+    them; without one, the heads of `fallback.variant`); other keys from `fallback`."""
     model = ml_collections.ConfigDict(fallback.to_dict())
-    path = weights.parent / "config.json"
     declared = read_hub_config(weights)
     if not declared:
-        logging.info("%s: no config.json beside it; assuming model.variant=%s, pool=%s", weights, model.variant,
-                     model.pool)
-        return model
-    args = declared.get("model_args") or {}
-    by_name = {arch: variant for variant, arch in TIMM_ARCHS.items()}
-    variant = by_name.get(declared.get("architecture"))
-    if {"embed_dim", "depth", "num_heads", "patch_size"} <= set(args):
-        shape = (args["embed_dim"], args["depth"], args["num_heads"])
-        sizes = [name for name, size in SIZES.items() if (size.width, size.depth, size.heads) == shape]
-        if not sizes:
-            raise ExtraEncoderError(f"{path}: no ViT size in {sorted(SIZES)} has width/depth/heads {shape}.")
-        variant = f"{sizes[0]}/{args['patch_size']}"
-    if variant is None:
-        raise ExtraEncoderError(f"{path}: architecture {declared.get('architecture')!r} is not one of {sorted(by_name)} "
-                         "and model_args does not give embed_dim/depth/num_heads/patch_size.")
-    model.variant = variant
-    pool = declared.get("global_pool") or args.get("global_pool")
-    model.pool = _TIMM_POOL.get(pool, "mean" if args.get("class_token") is False else "cls")
+        logging.info("%s: no config.json beside it; the architecture comes from the weights' shapes", weights)
+        declared = {"model_args": {"num_heads": parse_variant_heads(fallback.variant)}}
+    model.update(model_keys_from_weights(weight_shapes(weights), declared, source=str(weights)))
     return model
+
+
+class _Shape(NamedTuple):
+    """A tensor known by its shape only (what `model_keys_from_weights` reads)."""
+
+    shape: tuple[int, ...]
+
+
+def weight_shapes(weights: pathlib.Path) -> dict[str, _Shape]:
+    """{key: shape} of a timm weights file: a safetensors header alone (no tensor is read), else the state dict."""
+    if weights.suffix != ".safetensors":
+        return {key: _Shape(value.shape) for key, value in read_state_dict(weights).items()}
+    from safetensors import safe_open  # pylint: disable=import-outside-toplevel
+
+    try:
+        with safe_open(str(weights), framework="numpy") as tensors:
+            return {key: _Shape(tuple(tensors.get_slice(key).get_shape())) for key in tensors.keys()}
+    except Exception as error:  # safetensors raises its own error types for a corrupt header
+        raise TimmWeightsError(f"{weights} is not a readable safetensors file ({type(error).__name__}: {error}).") \
+            from error
+
+
+def parse_variant_heads(variant: str) -> int:
+    """The attention heads of a `config.model.variant` (a named size or '<width>x<depth>x<heads>/<patch>')."""
+    size, _ = parse_variant(variant)
+    return size.heads
 
 
 def _crop_for(model: ml_collections.ConfigDict, config: ml_collections.ConfigDict, source: str) -> int:

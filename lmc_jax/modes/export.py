@@ -24,7 +24,7 @@ from lmc_jax.errors import UserError, require
 from lmc_jax.export import parity
 from lmc_jax.export.timm import LAYER_NORM_EPS, hub_config, projector_to_torch, timm_spec, to_timm
 from lmc_jax.export.write import write_export
-from lmc_jax.models.vit import IMAGE_MEAN, IMAGE_STD
+from lmc_jax.models.vit import arch_kwargs
 
 
 class ExportError(UserError):
@@ -49,7 +49,8 @@ def _parity_check(config: ml_collections.ConfigDict, encoder_params: dict, model
                   result: dict) -> Any:
     """A callback for `write_export`: loads the staged export into timm and compares embeddings."""
     images = np.random.default_rng(0).uniform(size=(config.verify_images, image_size, image_size, 3)).astype(np.float32)
-    ours = parity.encoder_embeddings(encoder_params, model_config.variant, model_config.pool, image_size, images)
+    ours = parity.encoder_embeddings(encoder_params, model_config.variant, model_config.pool, image_size, images,
+                                   **arch_kwargs(model_config))
 
     def check(staging: pathlib.Path) -> None:
         try:
@@ -75,7 +76,7 @@ def run(config: ml_collections.ConfigDict, workdir: epath.PathLike | None) -> di
     loaded = runs.load_run(config.checkpoint, config.step, config.use_ema)
     run_dir, step, params = loaded.directory, loaded.step, jax.device_get(loaded.params)
     model_config, image_size = loaded.config.model, loaded.crop_size
-    spec = timm_spec(model_config.variant, model_config.pool, image_size)
+    spec = timm_spec(model_config.variant, model_config.pool, image_size, **arch_kwargs(model_config))
     files = {"model.safetensors": to_timm(params["encoder"])}
     provenance = dict(
         variant=model_config.variant, pool=model_config.pool, image_size=image_size, norm_eps=LAYER_NORM_EPS,
@@ -92,7 +93,7 @@ def run(config: ml_collections.ConfigDict, workdir: epath.PathLike | None) -> di
         )
     result: dict[str, Any] = dict(output=str(output), step=step, weights=loaded.weights,
                                   architecture=spec.architecture,
-                                  model_args=spec.model_args, mean=IMAGE_MEAN, std=IMAGE_STD)
+                                  model_args=spec.model_args, mean=spec.mean, std=spec.std)
     check = _parity_check(config, params["encoder"], model_config, image_size, result) if config.verify else None
     paths = write_export(output, files, hub_config(spec, {"lmc_jax": provenance}), overwrite=config.overwrite,
                          check=check)
