@@ -25,7 +25,7 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and the evaluation report.")
 _DEBUG = flags.DEFINE_bool("debug", False, "Show full tracebacks of user errors (also: LMC_JAX_DEBUG=1).")
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, what schedulers expect from a terminated job
-MODES = ("train", "evaluate", "export", "normalize", "embed")  # modules of lmc_jax.modes
+MODES = ("train", "evaluate", "export", "normalize", "embed", "detection", "wilds")  # modules of lmc_jax.modes
 DEBUG_ENV = "LMC_JAX_DEBUG"  # set to 1 for full tracebacks (the --debug flag, readable before flags parse)
 
 
