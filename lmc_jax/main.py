@@ -1,10 +1,11 @@
 """Entry point: `python -m lmc_jax.main --config configs/X.py --workdir DIR [--config.key=value ...]`.
 
 Flags and dispatch only: `config.mode` names a module of `lmc_jax.modes` (MODES: train, evaluate, export,
-normalize, embed, detection, wilds), which validates the config and runs. A user's mistake ends the run with one line, `error: ...`,
-naming the bad key, value or file and the fix: a `UserError` (or a data pipeline's `DataError`), an unknown
-`--config.key`, a value of the wrong type, a missing `--config` file, a disk that is full. `--debug` (or
-`LMC_JAX_DEBUG=1`) shows the full traceback instead. A preempted training run exits 143 after checkpointing.
+normalize, embed, detection, wilds), which validates the config and runs. A user's mistake ends the run with
+one line, `error: ...`, naming the bad key, value or file and the fix: a `UserError` (or a data pipeline's
+`DataError`), an unknown `--config.key`, a value of the wrong type, a missing `--config` file, a disk that is
+full. `--debug` (or `LMC_JAX_DEBUG=1`) shows the full traceback instead. A preempted training run exits 143
+after checkpointing.
 """
 
 from __future__ import annotations
