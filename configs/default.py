@@ -114,10 +114,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval.at_end = True  # mode=train: evaluate (and train the references) after training
     # methods compared with LMC (lmc_jax/methods.py): untrained, geometric_only, dann, raw_colour_stats
     config.eval.references = ("untrained", "geometric_only", "dann", "raw_colour_stats")
-    # more rows of the table: "[NAME=]timm:/path/model.safetensors" or "[NAME=]/path/to/another/workdir"
+    # more rows of the table: "[NAME=]timm:/path/model.safetensors", "[NAME=]hf-hub:org/name" or "[NAME=]/a/workdir"
     config.eval.extra_encoders = ()
     config.eval.normalizers = ("macenko", "reinhard", "vahadane")  # baselines: normalise to the source, then encode
-    config.eval.normalizer_encoders = ("geometric_only",)  # encoders the normalisers run in front of
+    config.eval.normalizer_encoders = ("geometric_only", "lmc")  # encoders the normalisers run in front of
     config.eval.normalizer_fit_tiles = 256  # source training tiles the normalisers are fitted to
     config.eval.batch_size = 256
     # Which tiles play which role (TFDS split names of config.data.name; sites come from its metadata)

@@ -40,5 +40,6 @@ def tiny_config() -> ml_collections.ConfigDict:
     config.eval.protocol_folds = 3
     config.eval.signature_stability_rounds = 0
     config.eval.normalizers = ("reinhard",)
+    config.eval.normalizer_encoders = ("geometric_only",)
     config.eval.normalizer_fit_tiles = 32
     return config
