@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import jax
@@ -19,17 +20,18 @@ Encoder = Callable[[np.ndarray], np.ndarray]
 Features = Callable[[np.ndarray], np.ndarray]  # uint8 images [N, H, W, 3] → float32 embeddings [N, D], any N
 
 
+@functools.partial(jax.jit, static_argnums=(0, 2))
+def _encode(graphdef: nnx.GraphDef, params: dict, crop_size: int, tiles: jax.Array) -> jax.Array:
+    """One jit for every model: runs of one architecture (lmc, untrained, geometric_only, …) share its compile."""
+    return nnx.merge(graphdef, params).encoder(center_crop(tiles, crop_size))
+
+
 def make_encoder(graphdef: nnx.GraphDef, params: dict, crop_size: int, mesh: jax.sharding.Mesh) -> Callable:
     """uint8 tiles [B, T, T, 3] → float32 embeddings [B, D] from the encoder part of an LMC model."""
     batch = parallel.batch_sharding(mesh, 4)
 
-    @jax.jit
-    def encode(p: dict, tiles: jax.Array) -> jax.Array:
-        model = nnx.merge(graphdef, p)
-        return model.encoder(center_crop(tiles, crop_size))
-
     def apply(tiles: np.ndarray) -> np.ndarray:
-        return np.asarray(encode(params, jax.device_put(tiles, batch)))
+        return np.asarray(_encode(graphdef, params, crop_size, jax.device_put(tiles, batch)))
 
     return apply
 
