@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python3}
-VENV=.venv
+VENV=${VENV:-.venv}  # another Python gets its own: VENV=.venv-py312 PYTHON=python3.12 ./run.sh test
 
 constraints() {  # constraints/pyXY.txt for the Python of the venv (or of $PYTHON before there is one)
   local python=$PYTHON version supported
@@ -41,7 +41,8 @@ case "$command" in
     ;;
   test)
     install "test,export"
-    exec "$VENV/bin/python" -m pytest -q tests "$@"
+    # one pytest worker per core (at most 4: each holds its own JAX); a file's tests share one worker and fixtures
+    exec "$VENV/bin/python" -m pytest -q -n auto --maxprocesses 4 --dist loadfile tests "$@"
     ;;
   tpu)  # launch on every worker of a Cloud TPU VM; no local install needed
     exec "$PYTHON" -m lmc_jax.launch.tpu "$@"

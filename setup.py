@@ -41,7 +41,7 @@ setup(
     ],
     extras_require={
         # parity references: numpy backends only (scib-metrics' values are stored in tests/golden/)
-        "test": ["pytest>=8", "hypothesis>=6.100", "scikit-learn>=1.4", "torchstain>=1.4"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6.100", "scikit-learn>=1.4", "torchstain>=1.4"],
         # PyTorch parity (export/import tests, benchmarks). Ranges here; the tested versions (a CPU torch wheel) are
         # pinned in constraints/. timm drags torchvision in, and each torchvision release requires one torch
         # release; with a CPU torch its compiled ops may not load, which lmc_jax/export/torch_compat.py handles.
