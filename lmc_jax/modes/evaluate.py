@@ -13,8 +13,7 @@ import jax
 import ml_collections
 from etils import epath
 
-from lmc_jax import configlib, methods, parallel, runs
-from lmc_jax.errors import UserError
+from lmc_jax import configlib, methods, modes, runs
 from lmc_jax.evaluate import pipeline, report
 from lmc_jax.stain.normalizers import fit_normalizers
 
@@ -44,9 +43,5 @@ def evaluate_run(config: ml_collections.ConfigDict, run_dir: epath.PathLike, out
 
 def run(config: ml_collections.ConfigDict, workdir: epath.Path | None) -> dict:
     """Evaluates config.eval.checkpoint into `workdir`/eval."""
-    if workdir is None:
-        raise UserError("mode=evaluate needs --workdir (the report goes to <workdir>/eval)")
-    parallel.maybe_initialize_distributed(config)
-    logging.info("devices: %s", jax.devices())
-    mesh = parallel.make_mesh(config.mesh.data, config.mesh.fsdp)
+    mesh = modes.start(config, workdir, "the report goes to <workdir>/eval")
     return evaluate_run(config, config.eval.checkpoint, workdir / "eval", mesh)

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import logging
 
-import jax
 import ml_collections
 from etils import epath
 
 from data_pipelines import input_pipeline
-from lmc_jax import configlib, methods, parallel, train
-from lmc_jax.errors import UserError
+from lmc_jax import configlib, methods, modes, train
 from lmc_jax.modes.evaluate import evaluate_run
 
 
@@ -24,12 +22,8 @@ validate = configlib.validate  # the shared run-config checks
 
 def run(config: ml_collections.ConfigDict, workdir: epath.Path | None) -> dict:
     """Trains and (config.eval.at_end) evaluates; returns the metrics ({} without the evaluation)."""
-    if workdir is None:
-        raise UserError("mode=train needs --workdir (checkpoints, logs and the report go there)")
-    parallel.maybe_initialize_distributed(config)
-    logging.info("devices: %s", jax.devices())
+    mesh = modes.start(config, workdir, "checkpoints, logs and the report go there")
     input_pipeline.ensure_built(config)
-    mesh = parallel.make_mesh(config.mesh.data, config.mesh.fsdp)
     train.train(config, workdir, mesh)
     if not config.eval.at_end:
         return {}

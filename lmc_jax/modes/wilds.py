@@ -18,9 +18,9 @@ import numpy as np
 from etils import epath
 
 from data_pipelines import input_pipeline
-from lmc_jax import configlib, parallel, runs, train
+from lmc_jax import configlib, modes, runs, train
 from lmc_jax.config_edit import with_values
-from lmc_jax.errors import ConfigError, UserError, require
+from lmc_jax.errors import ConfigError, require
 from lmc_jax.evaluate.embed import run_features
 from lmc_jax.evaluate.kernels import probe
 
@@ -89,12 +89,8 @@ def markdown(board: dict) -> str:
 
 def run(config: ml_collections.ConfigDict, workdir: epath.Path | None) -> dict:
     """Trains and probes every seed, then writes the leaderboard."""
-    if workdir is None:
-        raise UserError("mode=wilds needs --workdir (one run per seed and leaderboard.json go there)")
-    parallel.maybe_initialize_distributed(config)
-    logging.info("devices: %s", jax.devices())
+    mesh = modes.start(config, workdir, "one run per seed and leaderboard.json go there")
     input_pipeline.ensure_built(config)
-    mesh = parallel.make_mesh(config.mesh.data, config.mesh.fsdp)
     w = config.wilds
     data = {split: _load(config, split, np.random.default_rng(config.seed))
             for split in dict.fromkeys([w.probe_split, *w.eval_splits])}
