@@ -1,6 +1,10 @@
 """The cross-scanner detection experiment: per row ([normaliser+]encoder), a head trained on the source scanner's
 training images, a threshold picked on its validation images, MIDOG F1 on every scanner's test images.
 
+Two data sources (config.detection.data_source): "midog" (MIDOG 2021 mitotic figures, detection/data.py) and
+"embedded" (the embedded slide's regions rendered by every evaluation site, proxy nuclei: detection/embedded.py);
+a "scanner" of the tables is then a site.
+
 Writes `results.json` and `results.md` (one table: rows × scanners) to the output folder.
 """
 
@@ -19,12 +23,14 @@ from etils import epath
 from data_pipelines import tiling
 from lmc_jax import methods, runs
 from lmc_jax.detection import data as ddata
-from lmc_jax.detection import fit
+from lmc_jax.detection import embedded, fit
 from lmc_jax.detection.peaks import find_peaks
 from lmc_jax.errors import UserError
 from lmc_jax.evaluate.kernels import detection as kernels
 from lmc_jax.stain import normalizers
 
+MIDOG, EMBEDDED = "midog", "embedded"
+DATA_SOURCES = (MIDOG, EMBEDDED)
 MATCHING = ("MIDOG 2021 (evalutils score_detection): per image, the ground truths in MIDOG.json order each take "
             "their nearest not-yet-taken prediction within the radius; TP/FP/FN pooled over a scanner's images")
 
@@ -180,7 +186,7 @@ def markdown(results: dict) -> str:
     scanners = results["scanners"]
     source = results["source_scanner"]
     head = ["row", *[f"{s} (source)" if s == source else s for s in scanners], "mean unseen", "threshold"]
-    lines = [f"# Mitotic-figure detection F1 (trained on {source}, MIDOG matching within "
+    lines = [f"# {results.get('title', 'Mitotic-figure detection F1')} (trained on {source}, MIDOG matching within "
              f"{results['radius_microns']} µm)", "", "| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
 
     def cell(value) -> str:
@@ -190,23 +196,41 @@ def markdown(results: dict) -> str:
         values = [cell(row["per_scanner"].get(s, {}).get("f1")) for s in scanners]
         lines.append("| " + " | ".join([name, *values, cell(row["mean_unseen_f1"]), f"{row['threshold']:.3g}"]) + " |")
     notes = sorted({r["threshold_note"] for r in results["rows"].values() if r["threshold_note"]})
-    lines += ["", f"Matching: {results['matching']}.", *[f"Note: {n}." for n in notes], ""]
+    targets = [f"Targets: {results['targets']}."] if "targets" in results else []
+    lines += ["", *targets, f"Matching: {results['matching']}.", *[f"Note: {n}." for n in notes], ""]
     return "\n".join(lines)
+
+
+def data_source(dcfg: ml_collections.ConfigDict) -> str:
+    """config.detection.data_source, "midog" when the config predates the key."""
+    return dcfg.get("data_source", MIDOG)
+
+
+def load_source(config: ml_collections.ConfigDict) -> tuple[dict[str, list[ddata.Image]], dict]:
+    """(train / val / test images, the results' description of the data) of config.detection.data_source."""
+    dcfg = config.detection
+    if data_source(dcfg) == EMBEDDED:
+        split, mpp = embedded.load_split(dcfg)
+        return split, {"title": "Proxy-nucleus detection F1", "targets": embedded.TARGETS,
+                       "microns_per_pixel": {s: mpp for s in dcfg.sites}, "scanners": list(dcfg.sites)}
+    split = split_images(ddata.load_images(config.data.manual_dir, dcfg.microns_per_pixel), dcfg)
+    return split, {
+        "microns_per_pixel": {s: (dcfg.microns_per_pixel or ddata.MICRONS_PER_PIXEL[s]) for s in ddata.SCANNERS},
+        "scanners": [s for s in ddata.SCANNERS if any(im.scanner == s for im in split["test"])]}
 
 
 def run(config: ml_collections.ConfigDict, run_dir: epath.PathLike, out_dir: epath.PathLike,
         mesh: jax.sharding.Mesh) -> dict:
-    """Every row of config.detection.rows on the MIDOG images of config.data.manual_dir → out_dir/results.{json,md}."""
+    """Every row of config.detection.rows on the images of config.detection.data_source (MIDOG: those of
+    config.data.manual_dir) → out_dir/results.{json,md}."""
     dcfg = config.detection
     rows = [parse_row(name) for name in dcfg.rows]
-    images = ddata.load_images(config.data.manual_dir, dcfg.microns_per_pixel)
-    split = split_images(images, dcfg)
+    split, described = load_source(config)
     logging.info("detection: %d training, %d validation, %d test images", *(len(split[k]) for k in ("train", "val",
                                                                                                      "test")))
     results = {
         "source_scanner": dcfg.source_scanner, "radius_microns": dcfg.radius_microns, "matching": MATCHING,
-        "microns_per_pixel": {s: (dcfg.microns_per_pixel or ddata.MICRONS_PER_PIXEL[s]) for s in ddata.SCANNERS},
-        "scanners": [s for s in ddata.SCANNERS if any(im.scanner == s for im in split["test"])],
+        **described,
         "images": {k: [im.image_id for im in v] for k, v in split.items()},
         "rows": {row.name: run_row(row, epath.Path(run_dir), config, split, mesh) for row in rows},
     }

@@ -1,4 +1,5 @@
-"""`mode=detection`: mitotic-figure detection across scanners (configs/midog_detection.py).
+"""`mode=detection`: mitotic-figure detection across scanners (configs/midog_detection.py), or its embedded analogue,
+proxy nuclei of the embedded slide across the evaluation sites (configs/detection_embedded.py).
 
 Without config.detection.checkpoint, trains LMC in the workdir and the other encoders config.detection.rows name
 under references/<name>/ (as mode=train does, no embedding evaluation), then trains one heat-map head per row on
@@ -13,7 +14,7 @@ import jax
 import ml_collections
 from etils import epath
 
-from data_pipelines import input_pipeline
+from data_pipelines import input_pipeline, sites
 from lmc_jax import configlib, methods, parallel, train
 from lmc_jax.config_edit import with_values
 from lmc_jax.detection import data as ddata
@@ -33,10 +34,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
     check(len(d.rows) > 0, "rows", "name one or more rows, e.g. ('geometric_only', 'macenko+geometric_only', 'lmc')")
     for name in d.rows:
         experiment.parse_row(name)
-    require(bool(config.data.manual_dir), "data.manual_dir", config.data.manual_dir,
-            "the folder holding MIDOG.json and the TIFF images (detection reads whole images)", error=ConfigError)
-    check(d.source_scanner in ddata.SCANNERS[:3], "source_scanner",
-          f"choose an annotated scanner of {ddata.SCANNERS[:3]}")
+    source = experiment.data_source(d)
+    require(source in experiment.DATA_SOURCES, "detection.data_source", source,
+            f"choose one of {experiment.DATA_SOURCES}", error=ConfigError)
+    if source == experiment.EMBEDDED:
+        _validate_embedded(d)
+    else:
+        require(bool(config.data.manual_dir), "data.manual_dir", config.data.manual_dir,
+                "the folder holding MIDOG.json and the TIFF images (detection reads whole images)", error=ConfigError)
+        check(d.source_scanner in ddata.SCANNERS[:3], "source_scanner",
+              f"choose an annotated scanner of {ddata.SCANNERS[:3]}")
     check(d.loss in LOSSES, "loss", f"choose one of {sorted(LOSSES)}")
     for key in ("test_fraction", "val_fraction"):
         check(0 < d[key] < 1, key, "must lie in (0, 1)")
@@ -50,6 +57,23 @@ def validate(config: ml_collections.ConfigDict) -> None:
     check(0 <= d.candidate_floor < 1, "candidate_floor", "must lie in [0, 1)")
     check(d.microns_per_pixel >= 0, "microns_per_pixel", "must be ≥ 0 (0 = the per-scanner table)")
     check(isinstance(d.finetune_encoder, bool), "finetune_encoder", "must be True or False")
+
+
+def _validate_embedded(d: ml_collections.ConfigDict) -> None:
+    """config.detection's keys of the embedded analogue (lmc_jax/detection/embedded.py)."""
+
+    def check(ok: bool, key: str, fix: str) -> None:
+        require(ok, f"detection.{key}", d[key], fix, error=ConfigError)
+
+    check(len(d.sites) > 0 and all(s in sites.SITE_NAMES for s in d.sites), "sites",
+          f"name renderable sites of {sites.SITE_NAMES}")
+    check(d.source_scanner in d.sites, "source_scanner", f"choose a site of config.detection.sites {tuple(d.sites)}")
+    check(len(d.embedded_crop) in (0, 4), "embedded_crop", "() for the whole slide, or (y0, x0, height, width)")
+    check(int(d.region_size) >= 1, "region_size", "must be a positive integer")
+    check(0 <= d.min_region_tissue <= 1, "min_region_tissue", "must lie in [0, 1]")
+    for key in ("nucleus_radius_microns", "nucleus_min_distance_microns"):
+        check(d[key] > 0, key, "must be > 0")
+    check(d.nucleus_min_area_microns2 >= 0, "nucleus_min_area_microns2", "must be ≥ 0")
 
 
 def run(config: ml_collections.ConfigDict, workdir: epath.Path | None) -> dict:
