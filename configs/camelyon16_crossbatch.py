@@ -1,14 +1,12 @@
 """Camelyon16 across hospitals: Radboud UMC as the source batch, UMC Utrecht as the unseen one.
 
-LMC and the geometric_only reference (the same Barlow Twins without stain views) pre-train on the camelyon16
-`train` split; the tumour-vs-normal probe is fitted on the SOURCE hospital's training patches only
+LMC and the geometric_only reference (the same Barlow Twins without stain views) pre-train on the SOURCE
+hospital's slides of the camelyon16 `train` split only (data.train_sites); the tumour-vs-normal probe is fitted on the SOURCE hospital's training patches only
 (eval.source_only), and every metric of the suite is reported per hospital on the slide-disjoint `test` split: the
 cross-batch number is the probe's AUC at umc_utrecht. Rows: lmc, geometric_only (no normalisation), Macenko,
 Reinhard and Vahadane each fitted to Radboud patches in front of geometric_only and in front of LMC.
 
-Not yet what the experiment asks: the encoders pre-train on both hospitals' training slides (unlabelled): the input
-pipeline has no per-site filter of the train split yet (needs `config.data.train_sites` in
-data_pipelines/input_pipeline.py, owned elsewhere); the probe and the normalisers already see the source only.
+Nothing of UMC Utrecht is seen before evaluation: not by the encoders, the probe or the normalisers.
 
 Data layout (config.data.manual_dir; nothing is downloaded): CAMELYON16/training/{normal,tumor}/*.tif and
 training/lesion_annotations/*.xml (or lesion_annotations.zip); the tile96 data set is built from it on first use.
@@ -44,6 +42,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval.normalizer_encoders = ("geometric_only", "lmc")  # each normaliser in front of both encoders
     config.eval.source_split, config.eval.heldout_splits = "train", ("test",)
     config.eval.source_site = "radboud_umc"
+    config.data.train_sites = ("radboud_umc",)  # the encoders pre-train on the source hospital only
     config.eval.source_only = True  # probe and normalisers fitted on Radboud patches; Utrecht is the unseen batch
     config.eval.summary_exclude = ()
     config.eval.max_split_tiles = 50_000

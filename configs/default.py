@@ -32,6 +32,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.crop_size = 56  # view edge fed to the model (random crop in training, centre crop in eval)
     config.data.worker_count = 0  # grain worker processes; keep fixed across a resume
     config.data.builder_config = ""  # TFDS builder config; empty = f"tile{tile_size}"
+    config.data.train_sites = ()  # site names of the train split to train on (e.g. one hospital); () = every site
     config.batch_size = 64  # GLOBAL batch of tiles (each gives num_views views)
     config.num_steps = 250
 

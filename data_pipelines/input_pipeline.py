@@ -124,19 +124,54 @@ def train_dataset(source: Any, *, seed: int, local_batch: int, worker_count: int
     return iter_dataset
 
 
+class _Subset:
+    """The records of a random-access source at `indices`, as a random-access source."""
+
+    def __init__(self, source: Any, indices: Sequence[int]):
+        self.source, self.indices = source, list(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.source[self.indices[index]]
+
+    def __getitems__(self, indices: Sequence[int]) -> list[Any]:
+        return self.source.__getitems__([self.indices[i] for i in indices])
+
+
+def _train_sites_subset(source: Any, sites: Sequence[str], names: Sequence[str]) -> _Subset:
+    """The train records whose `site` is one of `sites` (config.data.train_sites), found by one pass over it."""
+    unknown = sorted(set(sites) - set(names))
+    if unknown:
+        raise DataError(f"config.data.train_sites names {unknown}, not sites of the train split; its sites: "
+                        f"{list(names)}")
+    keep = {names.index(site) for site in sites}
+    indices = [start + offset
+               for start in range(0, len(source), _LOAD_CHUNK)
+               for offset, example in enumerate(source.__getitems__(range(start, min(start + _LOAD_CHUNK, len(source)))))
+               if int(example["site"]) in keep]
+    if not indices:
+        raise DataError(f"config.data.train_sites={tuple(sites)}: the train split holds no record of those sites")
+    return _Subset(source, indices)
+
+
 def make_train_iterator(
     config: ml_collections.ConfigDict, data_dir: epath.PathLike, *, process_index: int = 0, process_count: int = 1
 ) -> grain.DatasetIterator:
     """Endless, checkpointable iterator of this process's train batches (dicts of numpy, `image` uint8 [B, T, T, 3]).
 
-    Reads config.seed, config.batch_size (global), config.data.{name, tile_size, worker_count,
-    builder_config ("" or absent = f"tile{tile_size}")}. Save/restore its position with `get_state()`/`set_state()` or
+    Reads config.seed, config.batch_size (global), config.data.{name, tile_size, worker_count, train_sites
+    (() = every site; else only the train records of those sites, e.g. one hospital), builder_config ("" or absent
+    = f"tile{tile_size}")}. Save/restore its position with `get_state()`/`set_state()` or
     `grain.checkpoint.CheckpointSave/CheckpointRestore`; keep `worker_count` fixed across a resume.
     """
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index={process_index} must lie in [0, process_count={process_count}).")
     local_batch = _local_batch_size(config.batch_size, process_count)
     source = data_source(config, data_dir, "train")
+    if config.data.get("train_sites", ()):
+        source = _train_sites_subset(source, tuple(config.data.train_sites), site_names(config, data_dir, "train"))
     if len(source) < process_count:
         raise ValueError(
             f"The train split under {data_dir} has {len(source)} records, fewer than {process_count} processes."

@@ -9,6 +9,7 @@ import pytest
 import tifffile
 from etils import epath
 
+from data_pipelines import input_pipeline
 from data_pipelines.builders import camelyon16, camelyon17_wilds
 from data_pipelines.builders.midog import MidogConfig, build_dataset
 from lmc_jax.modes import detection as detection_mode
@@ -112,6 +113,10 @@ def test_camelyon16_crossbatch_config_end_to_end(tmp_path):
     assert tuple(ev.normalizers) == ("macenko", "reinhard", "vahadane")
     assert tuple(ev.normalizer_encoders) == ("geometric_only", "lmc")
     ev.normalizers, ev.normalizer_encoders = ("macenko",), ("lmc",)
+    assert tuple(config.data.train_sites) == ("radboud_umc",)  # the encoders never see Utrecht
+    stream = input_pipeline.make_train_iterator(config, data_dir)
+    radboud = input_pipeline.site_names(config, data_dir, "train").index("radboud_umc")
+    assert {int(s) for _ in range(3) for s in next(stream)["site"]} == {radboud}
     train_mode.validate(config)
     metrics = train_mode.run(config, tmp_path / "work")
     assert set(metrics["methods"]) == {"lmc", "geometric_only", "macenko+lmc"}

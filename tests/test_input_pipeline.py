@@ -214,3 +214,38 @@ def test_train_dataset_over_any_source_matches_the_iterator(data_dir, train):
     stream = iter(input_pipeline.train_dataset(source, seed=3, local_batch=8))
     for got, want in zip(take(stream, 3), take(input_pipeline.make_train_iterator(config, data_dir), 3)):
         assert_batches_equal(got, want)
+
+
+class _Records:
+    """A random-access source of site-only records."""
+
+    def __init__(self, sites):
+        self.records = [{"site": np.int64(s), "tile_id": np.int64(i)} for i, s in enumerate(sites)]
+
+    def __len__(self):
+        return len(self.records)
+
+    def __getitem__(self, index):
+        return self.records[index]
+
+    def __getitems__(self, indices):
+        return [self.records[i] for i in indices]
+
+
+def test_train_sites_keep_only_those_sites_records():
+    source = _Records([0, 1, 0, 2, 1])
+    subset = input_pipeline._train_sites_subset(source, ("b",), ["a", "b", "c"])
+    assert [subset[i]["tile_id"] for i in range(len(subset))] == [1, 4]
+    assert [r["tile_id"] for r in subset.__getitems__([1, 0])] == [4, 1]
+    with pytest.raises(DataError, match=r"names \['x'\], not sites of the train split; its sites: \['a', 'b', 'c'\]"):
+        input_pipeline._train_sites_subset(source, ("x",), ["a", "b", "c"])
+
+
+def test_train_sites_through_the_iterator(data_dir):
+    config = make_config()
+    config.data.train_sites = ("source",)  # the embedded train split is all source tiles: the same stream
+    assert_batches_equal(next(input_pipeline.make_train_iterator(config, data_dir)),
+                         next(input_pipeline.make_train_iterator(make_config(), data_dir)))
+    config.data.train_sites = ("lab_shift",)
+    with pytest.raises(DataError, match="holds no record of those sites"):
+        input_pipeline.make_train_iterator(config, data_dir)
