@@ -209,8 +209,8 @@ def _fix(config: ml_collections.ConfigDict, last_good: int | None) -> str:
             f"to resume from step {last_good}.")
 
 
-def _check_finite(metrics: dict[str, float], step: int,
-                  fix: str = "Lower optimizer.learning_rate or check the input data.") -> None:
+def _check_finite(metrics: dict[str, float], step: int, fix: str) -> None:
+    """Raises DivergedError naming the non-finite metrics of `step` and `fix` (the way out, `_fix`)."""
     bad = [name for name, value in metrics.items() if not np.isfinite(value)]
     if bad:
         raise DivergedError(

@@ -119,7 +119,7 @@ def test_missing_checkpoint_is_a_clear_error(tiny_data_dir, tmp_path):
 
 def test_non_finite_metric_stops_with_step_and_name():
     with pytest.raises(FloatingPointError, match=r"step 7: loss=nan"):
-        train._check_finite({"loss": float("nan"), "grad_norm": 1.0}, 7)
+        train._check_finite({"loss": float("nan"), "grad_norm": 1.0}, 7, "fix")
     with pytest.raises(UserError, match=r"step 7: .* step 4, is the last good state: rerun with a lower learning "
                                         r"rate \(e.g. --config.optimizer.learning_rate=1000\) and --config.resume=True"):
         train._check_finite({"loss": float("inf")}, 7, train._fix(ml_collections.ConfigDict(
