@@ -6,7 +6,6 @@ import runpy
 
 import ml_collections
 import numpy as np
-import pytest
 from etils import epath
 
 from lmc_jax.detection import embedded, nuclei
