@@ -33,6 +33,9 @@ MIDOG, EMBEDDED = "midog", "embedded"
 DATA_SOURCES = (MIDOG, EMBEDDED)
 MATCHING = ("MIDOG 2021 (evalutils score_detection): per image, the ground truths in MIDOG.json order each take "
             "their nearest not-yet-taken prediction within the radius; TP/FP/FN pooled over a scanner's images")
+EMBEDDED_MATCHING = ("MIDOG 2021's rule (evalutils score_detection): per image, the proxy nuclei in row-major order "
+                     "each take their nearest not-yet-taken prediction within the radius; TP/FP/FN pooled over a "
+                     "site's images")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -212,6 +215,7 @@ def load_source(config: ml_collections.ConfigDict) -> tuple[dict[str, list[ddata
     if data_source(dcfg) == EMBEDDED:
         split, mpp = embedded.load_split(dcfg)
         return split, {"title": "Proxy-nucleus detection F1", "targets": embedded.TARGETS,
+                       "matching": EMBEDDED_MATCHING,
                        "microns_per_pixel": {s: mpp for s in dcfg.sites}, "scanners": list(dcfg.sites)}
     split = split_images(ddata.load_images(config.data.manual_dir, dcfg.microns_per_pixel), dcfg)
     return split, {
