@@ -135,11 +135,12 @@ def test_camelyon17_wilds_config_end_to_end(tmp_path):
     config = _shrink(runpy.run_path("configs/camelyon17_wilds.py")["get_config"](), tiny_config())
     config.data.data_dir, config.data.tile_size, config.data.builder_config = str(data_dir), 96, ""
     config.wilds.seeds = (0, 1)
+    config.wilds.finetune_steps, config.wilds.finetune_batch_size, config.wilds.finetune_eval_every = 2, 8, 1
     wilds_mode.validate(config)
     board = wilds_mode.run(config, epath.Path(tmp_path / "work"))
     assert json.loads((tmp_path / "work" / "leaderboard.json").read_text()) == json.loads(json.dumps(board))
-    ours, erm = board["rows"]
-    assert erm["test"] == (70.3, 6.4) and erm["seeds"] == 10 and ours["seeds"] == 2
+    ours, tuned, erm = board["rows"]
+    assert erm["test"] == (70.3, 6.4) and erm["seeds"] == 10 and ours["seeds"] == tuned["seeds"] == 2
     # the replica: 12 patches per centre, centre 1 all in val, centre 2 all in test, id_val = split code 1
     assert board["examples"] == {"train": 24, "id_val": 12, "val": 12, "test": 12}
     for split in ("id_val", "val", "test"):
@@ -147,6 +148,14 @@ def test_camelyon17_wilds_config_end_to_end(tmp_path):
         assert all(0 <= a <= 100 and (a * 12 / 100) == pytest.approx(round(a * 12 / 100)) for a in per_seed)
         assert ours[split][0] == pytest.approx(np.mean(per_seed))
         assert ours[split][1] == pytest.approx(abs(per_seed[0] - per_seed[1]) / np.sqrt(2))  # ddof 1, two seeds
+        fine = [board["per_seed_finetuned"][s]["accuracy"][split] for s in ("0", "1")]
+        assert tuned[split][0] == pytest.approx(np.mean(fine))
+        assert tuned[split][1] == pytest.approx(abs(fine[0] - fine[1]) / np.sqrt(2))
+    for s in ("0", "1"):  # candidates at steps 1 and 2, the best OOD-val accuracy kept (the earliest on ties)
+        history = board["per_seed_finetuned"][s]["selection"]
+        assert [step for step, _ in history] == [1, 2]
+        assert board["per_seed_finetuned"][s]["selected_step"] == max(history, key=lambda h: h[1])[0]
     table = (tmp_path / "work" / "leaderboard.md").read_text()
     assert "| ERM (WILDS, published) | — | — | 70.3 ± 6.4 | 10 |" in table
     assert "| LMC + linear probe (this run) |" in table
+    assert "| LMC + fine-tuned linear head (this run) |" in table
