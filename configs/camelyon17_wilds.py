@@ -17,8 +17,8 @@ them; the tile96 data set is built from it on first use.
 
 Writes WORKDIR/seed_<s>/ (one training run per seed) and WORKDIR/leaderboard.{json,md}.
 Runtime: not measured on the full data set (no copy on the machines this was built on). The tiny replica of
-tests/test_experiment_configs.py (60 patches, ViT-mu/8, 2 seeds × 2 steps) takes 99 s wall on a 2-core CPU shared
-with other jobs. Result: not yet known (the replica's random pixels and labels give chance accuracy).
+tests/test_experiment_configs.py (60 patches, ViT-mu/8, 2 seeds × 2 steps, 2 fine-tune steps each) takes 110 s
+wall on a 2-core CPU shared with other jobs. Result: not yet known (the replica's random pixels and labels give chance accuracy).
 """
 
 import os
