@@ -15,12 +15,12 @@ import ml_collections
 from etils import epath
 
 from data_pipelines import input_pipeline, sites
-from lmc_jax import configlib, methods, parallel, train
+from lmc_jax import configlib, methods, modes, train
 from lmc_jax.config_edit import with_values
 from lmc_jax.detection import data as ddata
 from lmc_jax.detection import experiment
 from lmc_jax.detection.heatmap import LOSSES
-from lmc_jax.errors import ConfigError, UserError, require
+from lmc_jax.errors import ConfigError, require
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -78,11 +78,7 @@ def _validate_embedded(d: ml_collections.ConfigDict) -> None:
 
 def run(config: ml_collections.ConfigDict, workdir: epath.Path | None) -> dict:
     """Trains the encoders (unless config.detection.checkpoint names a trained run), then the detection table."""
-    if workdir is None:
-        raise UserError("mode=detection needs --workdir (encoders and detection/results.json go there)")
-    parallel.maybe_initialize_distributed(config)
-    logging.info("devices: %s", jax.devices())
-    mesh = parallel.make_mesh(config.mesh.data, config.mesh.fsdp)
+    mesh = modes.start(config, workdir, "encoders and detection/results.json go there")
     run_dir = config.detection.checkpoint
     if not run_dir:
         input_pipeline.ensure_built(config)
