@@ -17,6 +17,7 @@ import optax
 from flax import nnx
 
 from lmc_jax.evaluate.embed import embed
+from lmc_jax.optim import warmup_cosine_adamw
 from lmc_jax.stain.augment import center_crop
 
 NUM_CLASSES = 2
@@ -34,12 +35,9 @@ class StepSpec:
     num_steps: int
 
 
-@functools.lru_cache(maxsize=None)
 def optimizer(spec: StepSpec) -> optax.GradientTransformation:
     """AdamW with a 10% linear warm-up then cosine decay over spec.num_steps."""
-    schedule = optax.warmup_cosine_decay_schedule(0.0, spec.learning_rate, max(spec.num_steps // 10, 1),
-                                                  max(spec.num_steps, 2))
-    return optax.adamw(schedule, weight_decay=spec.weight_decay)
+    return warmup_cosine_adamw(spec.learning_rate, spec.weight_decay, spec.num_steps)
 
 
 def init_head(encoder_def: nnx.GraphDef, encoder_params: nnx.State, seed: int) -> tuple[nnx.GraphDef, dict]:

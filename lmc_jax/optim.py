@@ -7,6 +7,7 @@ and its own warm-up, decaying to the same end as the rest.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -103,3 +104,11 @@ def make_optimizer(config: ml_collections.ConfigDict) -> tuple[optax.GradientTra
     encoder = hold_until(adamw(_schedule(opt, config.num_steps - frozen)), frozen)
     tx = optax.multi_transform({ENCODER: encoder, "rest": adamw(schedule)}, _encoder_labels)
     return optax.chain(zero_encoder_until(frozen), *parts, tx), schedule
+
+
+@functools.lru_cache(maxsize=None)
+def warmup_cosine_adamw(learning_rate: float, weight_decay: float, num_steps: int) -> optax.GradientTransformation:
+    """AdamW with a 10% linear warm-up then cosine decay over `num_steps`, for the short head trainings (detection,
+    fine-tuning); one object per setting, so the jitted steps that close over it stay cached."""
+    schedule = optax.warmup_cosine_decay_schedule(0.0, learning_rate, max(num_steps // 10, 1), max(num_steps, 2))
+    return optax.adamw(schedule, weight_decay=weight_decay)

@@ -20,7 +20,9 @@ from flax import nnx
 from lmc_jax.detection import data as ddata
 from lmc_jax.detection.head import DetectionHead, patch_grid
 from lmc_jax.detection.heatmap import LOSSES, gaussian_targets
+from lmc_jax.evaluate.kernels.padding import batched
 from lmc_jax.models.vit import ViT
+from lmc_jax.optim import warmup_cosine_adamw
 
 Transform = Callable[[np.ndarray], np.ndarray]  # uint8 windows → uint8 windows (a stain normaliser, or identity)
 
@@ -105,12 +107,9 @@ class StepSpec:
     num_steps: int
 
 
-@functools.lru_cache(maxsize=None)
 def _optimizer(spec: StepSpec) -> optax.GradientTransformation:
-    """AdamW with a 10% linear warm-up then cosine decay (one object per spec, so jit caches hold)."""
-    schedule = optax.warmup_cosine_decay_schedule(0.0, spec.learning_rate, max(spec.num_steps // 10, 1),
-                                                  max(spec.num_steps, 2))
-    return optax.adamw(schedule, weight_decay=spec.weight_decay)
+    """AdamW with a 10% linear warm-up then cosine decay (one object per setting, so jit caches hold)."""
+    return warmup_cosine_adamw(spec.learning_rate, spec.weight_decay, spec.num_steps)
 
 
 def _tokens(encoder_def: nnx.GraphDef, params: nnx.State, images: jax.Array) -> jax.Array:
@@ -144,19 +143,6 @@ def _step(params: tuple, opt_state: optax.OptState, inputs: jax.Array, centres: 
 def _score(params: tuple, images: jax.Array, *, encoder_def: nnx.GraphDef, head_def: nnx.GraphDef) -> jax.Array:
     """uint8 windows → heat-map probabilities [B, S/stride, S/stride]."""
     return jax.nn.sigmoid(nnx.merge(head_def, params[1])(_tokens(encoder_def, params[0], images)))
-
-
-def batched(fn: Callable[[np.ndarray], np.ndarray], arrays: np.ndarray, batch: int) -> np.ndarray:
-    """fn over `arrays` in batches of exactly `batch` (the last padded with zeros, its padding dropped), so a jitted
-    fn compiles once whatever the count."""
-    out = []
-    for start in range(0, len(arrays), batch):
-        chunk = arrays[start : start + batch]
-        pad = batch - len(chunk)
-        if pad:
-            chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
-        out.append(np.asarray(fn(chunk))[: batch - pad])
-    return np.concatenate(out)
 
 
 def train_head(encoder_def: nnx.GraphDef, encoder_params: nnx.State, windows: Windows,

@@ -13,6 +13,7 @@ from flax import nnx
 
 from lmc_jax import parallel
 from lmc_jax.errors import UserError
+from lmc_jax.evaluate.kernels.padding import batched
 from lmc_jax.runs import Run
 from lmc_jax.stain.augment import center_crop
 
@@ -40,14 +41,7 @@ def embed(encoder: Callable, images: np.ndarray, batch_size: int) -> np.ndarray:
     """Runs `encoder` over `images` in batches of `batch_size`, padding the last one (no recompile)."""
     if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
         raise ValueError(f"embed expects uint8 images [N, H, W, 3], got {images.dtype} {images.shape}")
-    out = []
-    for start in range(0, len(images), batch_size):
-        chunk = images[start : start + batch_size]
-        pad = batch_size - len(chunk)
-        if pad:
-            chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
-        out.append(encoder(chunk)[: batch_size - pad])
-    result = np.concatenate(out).astype(np.float32)
+    result = batched(encoder, images, batch_size).astype(np.float32)
     if not np.isfinite(result).all():
         raise FloatingPointError("encoder produced non-finite embeddings; the checkpoint may be corrupt")
     return result

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 _LARGE = 8192
@@ -31,3 +33,16 @@ def chunks(x: np.ndarray, size: int):
     for start in range(0, len(x), size):
         part = x[start:start + size]
         yield pad_rows(part, size), len(part)
+
+
+def batched(fn: Callable[[np.ndarray], np.ndarray], arrays: np.ndarray, batch: int) -> np.ndarray:
+    """fn over `arrays` in batches of exactly `batch` rows (the last padded with zeros of their dtype, its padding
+    dropped from the output), so a jitted fn compiles once whatever the count."""
+    out = []
+    for start in range(0, len(arrays), batch):
+        chunk = arrays[start : start + batch]
+        pad = batch - len(chunk)
+        if pad:
+            chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
+        out.append(np.asarray(fn(chunk))[: batch - pad])
+    return np.concatenate(out)
