@@ -27,3 +27,14 @@ def tiny_data_dir(tmp_path_factory) -> pathlib.Path:
                                     crop=(1280, 640, 384, 512)),
     )
     return path
+
+
+@pytest.fixture(scope="session")
+def timm():
+    """The timm module (through torch_compat, which copes with torchvision's ops); skips without the test extra."""
+    from lmc_jax.export.torch_compat import import_timm  # pylint: disable=import-outside-toplevel
+
+    try:
+        return import_timm()
+    except ImportError as error:
+        pytest.skip(f"torch/timm not installed (the test extra): {error}")

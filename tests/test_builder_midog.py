@@ -129,3 +129,19 @@ def test_layout_errors(tmp_path, replica):
     (tmp_path / "MIDOG.json").write_text(json.dumps(data))
     with pytest.raises(ValueError, match="no category named 'mitotic figure'"):
         build_dataset(tmp_path / "tfds", tmp_path)
+
+
+def make_painted_replica(root: pathlib.Path, data_dir: pathlib.Path) -> dict:
+    """`make_replica` with a dark nucleus painted on each mitotic figure, and its 32-px tile data set built under
+    `data_dir` (builder config test32): what the detection tests train and score on. Returns the annotations."""
+    data, pixels = make_replica(root)
+    for ann in data["annotations"]:
+        if ann["category_id"] == 1:
+            x1, y1, x2, y2 = ann["bbox"]
+            yy, xx = np.ogrid[: pixels[ann["image_id"]].shape[0], : pixels[ann["image_id"]].shape[1]]
+            pixels[ann["image_id"]][(yy - (y1 + y2) / 2) ** 2 + (xx - (x1 + x2) / 2) ** 2 <= 36] = (60, 20, 90)
+    for image_id, image in pixels.items():
+        tifffile.imwrite(root / "images" / f"{image_id:03d}.tiff", image, photometric="rgb")
+    build_dataset(data_dir, root, config=MidogConfig(name="test32", tile_size=32, random_per_image=15,
+                                                      unlabelled_per_image=4, test_fraction=0.5))
+    return data

@@ -6,16 +6,14 @@ import json
 import jax
 import numpy as np
 import pytest
-import tifffile
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import maximum_bipartite_matching
 
-from data_pipelines.builders.midog import MidogConfig, build_dataset
 from lmc_jax.evaluate import pipeline
 from lmc_jax.evaluate.kernels import detection
 from lmc_jax.evaluate.suite import MethodEmbeddings, evaluate_embeddings
 from lmc_jax.methods import RAW_COLOUR, raw_colour_features
-from tests.test_builder_midog import make_replica
+from tests.test_builder_midog import make_painted_replica
 from tests.tiny_config import default_settings, tiny_config
 
 R = 30.0
@@ -350,17 +348,8 @@ def midog_eval(tmp_path_factory):
     """The builder test's replica with a dark nucleus painted on each mitotic figure, built with 32-px tiles,
     evaluated with the raw-colour baseline (no model) and MIDOG's 30-px radius."""
     root = tmp_path_factory.mktemp("midog_raw")
-    data, pixels = make_replica(root)
-    for ann in data["annotations"]:
-        if ann["category_id"] == 1:
-            x1, y1, x2, y2 = ann["bbox"]
-            yy, xx = np.ogrid[: pixels[ann["image_id"]].shape[0], : pixels[ann["image_id"]].shape[1]]
-            pixels[ann["image_id"]][(yy - (y1 + y2) / 2) ** 2 + (xx - (x1 + x2) / 2) ** 2 <= 36] = (60, 20, 90)
-    for image_id, image in pixels.items():
-        tifffile.imwrite(root / "images" / f"{image_id:03d}.tiff", image, photometric="rgb")
     data_dir = tmp_path_factory.mktemp("midog_tfds")
-    build_dataset(data_dir, root, config=MidogConfig(name="test32", tile_size=32, random_per_image=15,
-                                                      unlabelled_per_image=4, test_fraction=0.5))
+    make_painted_replica(root, data_dir)
     config = tiny_config()
     config.data.name, config.data.data_dir, config.data.builder_config = "midog", str(data_dir), "test32"
     ev = config.eval

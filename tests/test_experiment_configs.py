@@ -6,18 +6,16 @@ import zipfile
 
 import numpy as np
 import pytest
-import tifffile
 from etils import epath
 
 from data_pipelines import input_pipeline
 from data_pipelines.builders import camelyon16, camelyon17_wilds
-from data_pipelines.builders.midog import MidogConfig, build_dataset
 from lmc_jax.modes import detection as detection_mode
 from lmc_jax.modes import train as train_mode
 from lmc_jax.modes import wilds as wilds_mode
 from tests import test_builder_camelyon16 as c16
 from tests.test_builder_camelyon17_wilds import make_replica as make_wilds_replica
-from tests.test_builder_midog import make_replica
+from tests.test_builder_midog import make_painted_replica
 from tests.tiny_config import tiny_config
 
 MIDOG_SCANNERS = ("hamamatsu_xr", "hamamatsu_s360", "aperio_cs2")
@@ -39,17 +37,8 @@ def midog_replica(tmp_path_factory):
     """The MIDOG builder test's replica (two images per scanner) with a dark nucleus painted on each mitotic figure,
     and its 32-px tile data set built."""
     root = tmp_path_factory.mktemp("midog_files")
-    data, pixels = make_replica(root)
-    for ann in data["annotations"]:
-        if ann["category_id"] == 1:
-            x1, y1, x2, y2 = ann["bbox"]
-            yy, xx = np.ogrid[: pixels[ann["image_id"]].shape[0], : pixels[ann["image_id"]].shape[1]]
-            pixels[ann["image_id"]][(yy - (y1 + y2) / 2) ** 2 + (xx - (x1 + x2) / 2) ** 2 <= 36] = (60, 20, 90)
-    for image_id, image in pixels.items():
-        tifffile.imwrite(root / "images" / f"{image_id:03d}.tiff", image, photometric="rgb")
     data_dir = tmp_path_factory.mktemp("midog_tfds")
-    build_dataset(data_dir, root, config=MidogConfig(name="test32", tile_size=32, random_per_image=15,
-                                                      unlabelled_per_image=4, test_fraction=0.5))
+    data = make_painted_replica(root, data_dir)
     return root, data_dir, data
 
 

@@ -65,16 +65,6 @@ def _perturb_torch(model, seed: int):
 
 
 @pytest.fixture(scope="module")
-def timm():
-    from lmc_jax.export.torch_compat import import_timm
-
-    try:
-        return import_timm()
-    except ImportError as error:
-        pytest.skip(f"torch/timm not installed (the test extra): {error}")
-
-
-@pytest.fixture(scope="module")
 def slide_tiles() -> np.ndarray:
     """Two 224-px tissue tiles of the embedded H&E slide, float32 in [0, 1]."""
     image = tiling.read_slide_region(tiling.locate_cmu_slide())

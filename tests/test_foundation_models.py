@@ -26,16 +26,6 @@ GRID = 3  # patches per side: 42-px images at patch 14
 SMALL = dict(embed_dim=96, depth=2, num_heads=4)  # int(96 · ratio) is even for every published ratio
 
 
-@pytest.fixture(scope="module")
-def timm():
-    from lmc_jax.export.torch_compat import import_timm
-
-    try:
-        return import_timm()
-    except ImportError as error:
-        pytest.skip(f"torch/timm not installed (the test extra): {error}")
-
-
 def _resolve(args: dict) -> dict:
     """Published args with their class names ("timm.layers.SwiGLUPacked", "torch.nn.SiLU") made classes."""
     import timm.layers
