@@ -6,6 +6,10 @@ The optional RandStainNA-style Lab statistics sampling, blur and additive noise 
 draw from their own key stream, so turning them on leaves every other draw unchanged. They sample
 the families of the `lab_shift` and `jpeg_blur` evaluation sites (`sites.py`): with them on, those
 sites are no longer unseen and their invariance scores become partly circular.
+The optional scale (magnification) change (`scale.py`, off unless `scale` is given) runs between the
+geometric crop/flip and the stain jitter, from a third key stream (fold_in(key, scale.SCALE_STREAM)),
+so with `scale=None` every view is bit-identical to the views without it, and with it on the stain
+draws are unchanged.
 """
 
 import dataclasses
@@ -19,6 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from lmc_jax.stain import color, planar
+from lmc_jax.stain import scale as scale_views
+from lmc_jax.stain.scale import ScaleAugConfig
 
 TISSUE_OD_RAMP = (0.15, 0.45)
 """Summed RGB optical density over which stain shifts fade in: 0 on white glass (≈ 0.11-0.15 on the
@@ -77,6 +83,8 @@ _EXTRA_SLOTS = {
     for (name, _), a, b in zip(_EXTRA_SLOT_SIZES, _EXTRA_EDGES[:-1], _EXTRA_EDGES[1:], strict=True)
 }
 _NUM_EXTRA_DRAWS = int(_EXTRA_EDGES[-1])
+# the scale views read a third stream, fold_in(key, scale_views.SCALE_STREAM)
+assert scale_views.SCALE_STREAM != _EXTRA_STREAM, "the scale and extra key streams must differ"
 
 _FACTOR_KNOBS = (
     "stain_vector_scale",
@@ -279,11 +287,20 @@ def _geometric(draws: jax.Array, tile: jax.Array, crop_size: int) -> jax.Array:
 
 
 def _one_view(
-    key: jax.Array, tile: jax.Array, crop_size: int, stain: StainAugConfig | None
+    key: jax.Array,
+    tile: jax.Array,
+    crop_size: int,
+    stain: StainAugConfig | None,
+    scale: ScaleAugConfig | None = None,
 ) -> jax.Array:
-    """One example's view from one fixed-layout draw: geometry and colour read separate slots."""
+    """One example's view from one fixed-layout draw: geometry and colour read separate slots.
+
+    The optional magnification change runs between geometry and colour, from its own key stream.
+    """
     draws = jax.random.uniform(key, (_NUM_DRAWS,), jnp.float32)
     image = _geometric(draws, tile, crop_size)
+    if scale is not None:
+        image = scale_views.scale_view(key, image, scale)
     if stain is None:
         return image
     # materialise the crop: fused with the flip selects, XLA:CPU's log/exp loop ran 2-3x slower
@@ -302,7 +319,7 @@ def _check_tiles(shape: tuple[int, ...], crop_size: int) -> None:
         )
 
 
-@functools.partial(jax.jit, static_argnames=("num_views", "crop_size", "stain"))
+@functools.partial(jax.jit, static_argnames=("num_views", "crop_size", "stain", "scale"))
 def make_views(
     key: jax.Array,
     tiles: jax.Array,
@@ -310,16 +327,18 @@ def make_views(
     num_views: int,
     crop_size: int,
     stain: StainAugConfig | None,
+    scale: ScaleAugConfig | None = None,
 ) -> jax.Array:
     """K random views [K, B, C, C, 3] float32 in [0, 1] of uint8 tiles [B, T, T, 3].
 
-    View v of example i uses key fold_in(fold_in(key, v), i); `stain=None` gives geometric views.
+    View v of example i uses key fold_in(fold_in(key, v), i); `stain=None` gives geometric views;
+    `scale` (a ScaleAugConfig) also renders each view at a random magnification (`scale.py`).
     """
     _check_tiles(tiles.shape, crop_size)
     if num_views < 1:
         raise ValueError(f"lmc_jax/stain/augment.py: num_views={num_views}; ask for at least 1 view.")
     example_ids = jnp.arange(tiles.shape[0], dtype=jnp.uint32)
-    per_example = jax.vmap(functools.partial(_one_view, crop_size=crop_size, stain=stain))
+    per_example = jax.vmap(functools.partial(_one_view, crop_size=crop_size, stain=stain, scale=scale))
 
     def view(view_index: jax.Array) -> jax.Array:
         view_key = jax.random.fold_in(key, view_index)
