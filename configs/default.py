@@ -33,6 +33,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.worker_count = 0  # grain worker processes; keep fixed across a resume
     config.data.builder_config = ""  # TFDS builder config; empty = f"tile{tile_size}"
     config.data.train_sites = ()  # site names of the train split to train on (e.g. one hospital); () = every site
+    config.data.val_region_fraction = 0.0  # share of the train split's regions (patients) kept out of training for model selection; 0 = none
     config.batch_size = 64  # GLOBAL batch of tiles (each gives num_views views)
     config.num_steps = 250
 
@@ -50,10 +51,23 @@ def get_config() -> ml_collections.ConfigDict:
     config.lmc.stain.brightness = 0.1
     config.lmc.stain.contrast = 0.15
     config.lmc.stain.gamma = 0.1
+    # scale (magnification) views: each view also rendered at another magnification; off until the benchmark shows it helps
+    config.lmc.scale = ml_collections.ConfigDict()
+    config.lmc.scale.views = False
+    config.lmc.scale.max_zoom = 2.0  # field of view down to 1/max_zoom of the view's, centred, resized up (higher magnification)
+    config.lmc.scale.max_downsample = 4.0  # resolution down by up to this factor, anti-aliased, then back up (lower magnification)
+    config.lmc.scale.blur_sigma = 1.0  # optical blur: Gaussian of sigma up to this many pixels, growing with the down-sampling
+    config.lmc.scale.identity_prob = 1 / 3  # share of views kept at the tile's magnification (the rest: half zoom, half down)
 
-    # Loss terms summed into the objective (lmc_jax/objectives): "cross_correlation" (LMC / Barlow Twins) and
-    # "dann"; the "dann" reference trains ("cross_correlation", "dann") with geometric views only
+    # Loss terms summed into the objective (lmc_jax/objectives): "cross_correlation" (LMC / Barlow Twins),
+    # "supervised" and "dann"; the "dann" reference trains ("cross_correlation", "dann") with geometric views only
     config.objectives = ("cross_correlation",)
+
+    # The "supervised" term: a linear classifier on the encoder features of every view, cross-entropy on the data
+    # set's `label` (rows labelled -1 are skipped)
+    config.supervised = ml_collections.ConfigDict()
+    config.supervised.weight = 1.0
+    config.supervised.num_classes = 2
 
     # The "dann" term: a domain head, through gradient reversal, must not tell view 0 (original colour) from a
     # stain-family rendering of the same tiles
@@ -61,6 +75,26 @@ def get_config() -> ml_collections.ConfigDict:
     config.dann.weight = 1.0  # weight of the domain (binary cross-entropy) loss added to Barlow Twins
     config.dann.gamma = 10.0  # reversal strength λ_p = 2/(1+exp(−γp))−1, p = step / num_steps
     config.dann.hidden_dims = (256,)  # hidden widths of the domain head MLP (ReLU); () = a linear head
+    config.dann.head_lr_scale = 1.0  # the domain head's learning rate × this (an adversary that keeps up)
+    # "": view 0 vs a stain rendering (the unsupervised reference); "site": a K-way head over each tile's site
+    # (magnification, scanner, hospital: whatever the data set's `site` holds)
+    config.dann.domain_field = ""
+    config.dann.num_domains = 0  # K of the K-way head (the data set's number of sites); needed with domain_field
+    # how the encoder fights the K-way head: "reversal" (gradient reversal, Ganin et al.) or "confusion" (the
+    # encoder makes the head's prediction uniform, Tzeng et al. 2015)
+    config.dann.adversary = "reversal"
+
+    # Class-conditional DCGAN augmentation of the supervised term (lmc_jax/dcgan.py): trained first on the train
+    # tiles, then its samples replace this share of each batch (label = the class sampled)
+    config.dcgan = ml_collections.ConfigDict()
+    config.dcgan.ratio = 0.0  # 0 = off
+    config.dcgan.num_steps = 1000
+    config.dcgan.batch_size = 64
+    config.dcgan.latent_dim = 64
+    config.dcgan.width = 32  # channels of the generator's last (discriminator's first) convolution
+    config.dcgan.learning_rate = 2e-4  # Adam, b1 = 0.5 (Radford et al.)
+    config.dcgan.bank_size = 2048  # samples drawn once after training and mixed into the batches
+    config.dcgan.bank_path = ""  # the .npz of samples (images, labels) mixed in; mode=lomo writes and sets it
 
     # Model
     config.model = ml_collections.ConfigDict()
@@ -156,4 +190,16 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval.signature_folds = 5  # grouped CV for the L1 signature; 0 skips signatures
     config.eval.signature_lambdas = 20
     config.eval.signature_stability_rounds = 20
+
+    # mode=lomo (lmc_jax/modes/lomo.py): leave-one-site-out training of the second paper's models, one fold per site
+    config.lomo = ml_collections.ConfigDict()
+    config.lomo.models = ("baseline", "dcgan", "domain_general", "lmc", "lmc_scale", "lmc_finetune",
+                          "raw_colour_stats")
+    config.lomo.held_out = ()  # sites (magnifications) held out, one fold each; () = every site
+    config.lomo.test_split = "test"  # the test patients' split (the train split gives fit and validation patients)
+    config.lomo.candidates = 4  # checkpoints per training compared on validation AUC (model selection)
+    config.lomo.dcgan_ratio = 0.25  # share of the dcgan model's batches that are generator samples
+    config.lomo.finetune_steps = 200  # lmc_finetune: steps of encoder + head training from the lmc run
+    config.lomo.finetune_learning_rate = 1e-4
+    config.lomo.signature_tolerance = 0.005  # the sparse signature's validation AUC may trail the dense by this
     return config

@@ -18,9 +18,11 @@ from lmc_jax.evaluate.settings import Settings
 from lmc_jax.export.load import init_from_path
 from lmc_jax.models.vit import MLPS, POOLS, parse_variant
 from lmc_jax.stain.normalizers import NAMES as NORMALIZERS
+from lmc_jax.stain.scale import ScaleAugConfig
 
 MODES = ("train", "evaluate")
 DTYPES = ("float32", "bfloat16", "float16")
+DOMAIN_FIELDS = ("", "site")  # what a K-way DANN head may name: the train batch's site (BATCH_KEYS of train.py)
 
 
 ConfigError = errors.ConfigError
@@ -40,7 +42,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _require(data.worker_count >= 0, "data.worker_count", data.worker_count, "must be ≥ 0")
     if config.mode == "train":  # mode=evaluate rebuilds every model from its own run's config.json
         _validate_model(config)
-    _require(config.lmc.num_views >= 2, "lmc.num_views", config.lmc.num_views, "LMC needs at least 2 views")
+    cross_correlation = "cross_correlation" in config.objectives
+    _require(config.lmc.num_views >= (2 if cross_correlation else 1), "lmc.num_views", config.lmc.num_views,
+             "the cross_correlation term needs at least 2 views" if cross_correlation else "must be ≥ 1")
     _require(config.lmc.off_diagonal_weight >= 0, "lmc.off_diagonal_weight", config.lmc.off_diagonal_weight,
              "must be ≥ 0")
     for name, value in config.lmc.stain.items():
@@ -52,6 +56,27 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _require(dann.gamma > 0, "dann.gamma", dann.gamma, "must be > 0 (DANN uses 10)")
     _require(all(int(d) > 0 for d in dann.hidden_dims), "dann.hidden_dims", tuple(dann.hidden_dims),
              "must be a tuple of positive widths (() = a linear head)")
+    _require(dann.head_lr_scale > 0, "dann.head_lr_scale", dann.head_lr_scale,
+             "must be > 0 (1 = the head at the run's learning rate)")
+    _require(dann.domain_field in DOMAIN_FIELDS, "dann.domain_field", dann.domain_field,
+             f"choose one of {DOMAIN_FIELDS} ('' = view 0 vs a stain rendering)")
+    _require(not dann.domain_field or dann.num_domains >= 2, "dann.num_domains", dann.num_domains,
+             "a K-way domain head needs the number of domains (≥ 2; the data set's number of sites)")
+    _require(config.supervised.num_classes >= 2, "supervised.num_classes", config.supervised.num_classes,
+             "must be ≥ 2 (the data set's number of classes)")
+    _require(config.supervised.weight >= 0, "supervised.weight", config.supervised.weight, "must be ≥ 0")
+    _validate_scale(config.lmc.scale)
+    gan = config.dcgan
+    _require(0 <= gan.ratio < 1, "dcgan.ratio", gan.ratio, "must be in [0, 1); 0 = no DCGAN samples")
+    _require(gan.ratio == 0 or "supervised" in config.objectives, "dcgan.ratio", gan.ratio,
+             "DCGAN samples carry class labels: use them with the 'supervised' term in config.objectives")
+    _require(gan.ratio == 0 or bool(gan.bank_path), "dcgan.bank_path", gan.bank_path,
+             "dcgan.ratio > 0 needs the samples' .npz (mode=lomo writes it; lmc_jax.dcgan.run)")
+    for key in ("num_steps", "batch_size", "latent_dim", "width", "bank_size"):
+        _require(gan[key] > 0, f"dcgan.{key}", gan[key], "must be a positive integer")
+    _require(gan.learning_rate > 0, "dcgan.learning_rate", gan.learning_rate, "must be > 0")
+    _require(0 <= data.val_region_fraction < 1, "data.val_region_fraction", data.val_region_fraction,
+             "must be in [0, 1): the share of train regions kept out for model selection")
     opt = config.optimizer
     _require(opt.learning_rate > 0, "optimizer.learning_rate", opt.learning_rate, "must be > 0")
     _require(0 <= opt.warmup_steps < config.num_steps, "optimizer.warmup_steps", opt.warmup_steps,
@@ -99,6 +124,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if config.mode == "evaluate":
         _require(bool(config.eval.checkpoint), "eval.checkpoint", config.eval.checkpoint,
                  "mode=evaluate needs the workdir of a trained run")
+
+
+def _validate_scale(scale: ml_collections.ConfigDict) -> None:
+    """config.lmc.scale: the magnification views' switch and ranges (their checks live in ScaleAugConfig)."""
+    _require(isinstance(scale.views, bool), "lmc.scale.views", scale.views, "must be True or False")
+    try:
+        ScaleAugConfig.from_config(scale)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(str(error).replace("ScaleAugConfig.", "config.lmc.scale.")) from None
 
 
 def _validate_model(config: ml_collections.ConfigDict) -> None:

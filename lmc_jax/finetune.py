@@ -49,9 +49,13 @@ def init_head(encoder_def: nnx.GraphDef, encoder_params: nnx.State, seed: int) -
     return head_def, {"encoder": encoder_params, "head": head_params}
 
 
+@functools.partial(jax.jit, static_argnames=("spec",))
+def _features(spec: StepSpec, params: dict, images: jax.Array) -> jax.Array:
+    return nnx.merge(spec.encoder_def, params["encoder"])(center_crop(images, spec.crop_size))
+
+
 def _logits(spec: StepSpec, params: dict, images: jax.Array) -> jax.Array:
-    features = nnx.merge(spec.encoder_def, params["encoder"])(center_crop(images, spec.crop_size))
-    return nnx.merge(spec.head_def, params["head"])(features)
+    return nnx.merge(spec.head_def, params["head"])(_features(spec, params, images))
 
 
 def _loss(spec: StepSpec, params: dict, images: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -120,6 +124,10 @@ class FineTuned:
     def proba(self, images: np.ndarray, batch_size: int) -> np.ndarray:
         """P(y = 1) of uint8 images [N, T, T, 3], in padded batches of `batch_size`."""
         return embed(lambda x: np.asarray(predict_proba(self.params, x, spec=self.spec)), images, batch_size)
+
+    def features(self, images: np.ndarray, batch_size: int) -> np.ndarray:
+        """The fine-tuned encoder's embeddings [N, D] of uint8 images (centre crop), in padded batches."""
+        return embed(lambda x: np.asarray(_features(self.spec, self.params, x)), images, batch_size)
 
 
 def finetune(encoder_def: nnx.GraphDef, encoder_params: nnx.State, crop_size: int, train: dict[str, np.ndarray],

@@ -94,3 +94,18 @@ def domain_adversarial_loss(logits: jax.Array, domain_labels: jax.Array) -> jax.
     z = logits.astype(jnp.float32)
     y = domain_labels.astype(jnp.float32)
     return jnp.mean(jnp.maximum(z, 0.0) - y * z + jnp.log1p(jnp.exp(-jnp.abs(z))))
+
+
+def masked_cross_entropy(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(mean softmax cross-entropy, accuracy) of logits [..., C] over the rows whose integer label is ≥ 0.
+
+    Rows labelled −1 (unlabelled tiles, DCGAN samples without a domain) count in neither; with no labelled
+    row both are 0, so a batch without labels contributes no gradient instead of a NaN.
+    """
+    valid = labels >= 0
+    safe = jnp.where(valid, labels, 0).astype(jnp.int32)
+    log_p = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    nll = -jnp.take_along_axis(log_p, safe[..., None], axis=-1)[..., 0]
+    count = jnp.maximum(jnp.sum(valid), 1)
+    correct = (jnp.argmax(logits, axis=-1) == safe) & valid
+    return jnp.sum(jnp.where(valid, nll, 0.0)) / count, jnp.sum(correct) / count

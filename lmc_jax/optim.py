@@ -18,6 +18,7 @@ import optax
 from lmc_jax.errors import ConfigError
 
 ENCODER = "encoder"  # the top-level params key freezing applies to
+DOMAIN_HEAD = "domain_head"  # the top-level params key config.dann.head_lr_scale applies to (objectives/dann.py)
 
 
 def _decay_mask(params: dict) -> dict:
@@ -84,6 +85,13 @@ def _schedule(opt: ml_collections.ConfigDict, decay_steps: int) -> optax.Schedul
     )
 
 
+def _with_head_lr(adamw, factor: float):
+    """`adamw` whose updates of the DANN domain head (DOMAIN_HEAD) are × `factor`: its learning rate alone scaled."""
+    mask = lambda params: {name: jax.tree.map(lambda _: name == DOMAIN_HEAD, tree)  # noqa: E731
+                           for name, tree in params.items()}
+    return lambda learning_rate: optax.chain(adamw(learning_rate), optax.masked(optax.scale(factor), mask))
+
+
 def make_optimizer(config: ml_collections.ConfigDict) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """AdamW with linear warm-up and cosine decay, optional global-norm clipping, optional encoder freezing."""
     opt = config.optimizer
@@ -94,6 +102,9 @@ def make_optimizer(config: ml_collections.ConfigDict) -> tuple[optax.GradientTra
         """The configured AdamW on `learning_rate`, weight decay on matrices only."""
         return optax.adamw(learning_rate, b1=opt.b1, b2=opt.b2, weight_decay=opt.weight_decay, mask=_decay_mask)
 
+    head_lr = float(config.get("dann", {}).get("head_lr_scale", 1.0))
+    if head_lr != 1.0:  # after AdamW: its update is invariant to the gradient's scale, so the head's lr is scaled
+        adamw = _with_head_lr(adamw, head_lr)
     frozen = int(opt.get("freeze_encoder_steps", 0))
     if frozen <= 0:
         parts.append(adamw(schedule))

@@ -40,6 +40,8 @@ from lmc_jax.throughput import compiled_flops, mfu
 from lmc_jax.writers import MetricWriter
 
 State = dict[str, Any]  # {"step": int32, "params": pure dict, "opt_state": optax state[, "ema_params"]}
+Batch = dict[str, jax.Array]  # a global train batch: image uint8 [B, T, T, 3]; label, site int64 [B] (-1 = none)
+BATCH_KEYS = ("image", "label", "site")  # what the loop puts on the device: the terms read labels and sites
 DIVERGENCE_FACTOR = 1e3  # diverged: max |weight| > DIVERGENCE_FACTOR × max(1, max |weight| at initialisation)
 
 
@@ -120,22 +122,22 @@ def state_signature(config: ml_collections.ConfigDict) -> list[tuple[str, tuple,
 def loss_and_metrics(
     params: dict,
     graphdef: nnx.GraphDef,
-    tiles: jax.Array,
+    batch: Batch,
     key: jax.Array,
     config: ml_collections.ConfigDict,
     step: jax.Array | int,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """The objective on one global batch of uint8 tiles: K views (+ the terms' renderings) on device → one
-    encoder pass → the sum of `config.objectives`' terms. `step` (traced) gives the progress p = step / num_steps
-    that scheduled terms (DANN's λ_p) read."""
-    views, counts = objectives.views(key, tiles, config)
+    """The objective on one global batch: K views of its uint8 `image` (+ the terms' renderings) on device → one
+    encoder pass → the sum of `config.objectives`' terms, which may read the batch's `label` and `site`. `step`
+    (traced) gives the progress p = step / num_steps that scheduled terms (DANN's λ_p) read."""
+    views, counts = objectives.views(key, batch["image"], config)
     model = nnx.merge(graphdef, params)
     features = objectives.split_features(model.embed(views), config.lmc.num_views, counts)
     progress = jnp.asarray(step, jnp.float32) / config.num_steps
-    return objectives.loss(model, features, progress, config)
+    return objectives.loss(model, features, batch, progress, config)
 
 
-def _accumulated_grads(trainer: Trainer, params: dict, tiles: jax.Array, key: jax.Array,
+def _accumulated_grads(trainer: Trainer, params: dict, batch: Batch, key: jax.Array,
                        step: jax.Array | int):
     """Loss, terms and gradients averaged over `grad_accum_steps` micro-batches (one pass when 1).
 
@@ -149,27 +151,29 @@ def _accumulated_grads(trainer: Trainer, params: dict, tiles: jax.Array, key: ja
     )
     accum = config.optimizer.grad_accum_steps
     if accum == 1:
-        return grad_fn(params, tiles=tiles, key=key)
-    micro = jnp.swapaxes(tiles.reshape(tiles.shape[0] // accum, accum, *tiles.shape[1:]), 0, 1)
+        return grad_fn(params, batch=batch, key=key)
+    strided = lambda x: jnp.swapaxes(x.reshape(x.shape[0] // accum, accum, *x.shape[1:]), 0, 1)  # noqa: E731
     micro = jax.lax.with_sharding_constraint(
-        micro, jax.sharding.NamedSharding(trainer.mesh, jax.sharding.PartitionSpec(None, parallel.BATCH_AXES))
+        jax.tree.map(strided, batch),
+        jax.sharding.NamedSharding(trainer.mesh, jax.sharding.PartitionSpec(None, parallel.BATCH_AXES)),
     )
 
     def body(carry, xs):
-        index, micro_tiles = xs
-        out = grad_fn(params, tiles=micro_tiles, key=jax.random.fold_in(key, index))
+        index, micro_batch = xs
+        out = grad_fn(params, batch=micro_batch, key=jax.random.fold_in(key, index))
         return jax.tree.map(jnp.add, carry, out), None
 
-    shapes = jax.eval_shape(lambda p, t, k: grad_fn(p, tiles=t, key=k), params, micro[0], key)
+    first = jax.tree.map(lambda x: x[0], micro)
+    shapes = jax.eval_shape(lambda p, b, k: grad_fn(p, batch=b, key=k), params, first, key)
     zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
     total, _ = jax.lax.scan(body, zeros, (jnp.arange(accum), micro))
     return jax.tree.map(lambda x: x / accum, total)
 
 
-def train_step(trainer: Trainer, state: State, tiles: jax.Array, base_key: jax.Array) -> tuple[State, dict]:
+def train_step(trainer: Trainer, state: State, batch: Batch, base_key: jax.Array) -> tuple[State, dict]:
     """One AdamW step (+ EMA of the weights when enabled); the augmentation key is folded from (seed, step)."""
     key = jax.random.fold_in(base_key, state["step"])
-    (loss, terms), grads = _accumulated_grads(trainer, state["params"], tiles, key, state["step"])
+    (loss, terms), grads = _accumulated_grads(trainer, state["params"], batch, key, state["step"])
     updates, opt_state = trainer.tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     metrics = dict(loss=loss, **terms, grad_norm=optax.tree.norm(grads), learning_rate=trainer.schedule(state["step"]))
@@ -181,8 +185,8 @@ def train_step(trainer: Trainer, state: State, tiles: jax.Array, base_key: jax.A
 
 
 def compile_step(trainer: Trainer) -> Callable[[State, jax.Array, jax.Array], tuple[State, dict]]:
-    """`train_step` jitted over the mesh: state donated, batch sharded over (data, fsdp)."""
-    batch = parallel.batch_sharding(trainer.mesh, 4)
+    """`train_step` jitted over the mesh: state donated, every array of the batch split over (data, fsdp)."""
+    batch = parallel.batch_sharding(trainer.mesh, 1)  # the leading axis; the rest of each array replicated
     return jax.jit(
         functools.partial(train_step, trainer),
         in_shardings=(trainer.state_shardings, batch, parallel.replicated(trainer.mesh)),
@@ -300,13 +304,14 @@ def train(config: ml_collections.ConfigDict, workdir: epath.PathLike, mesh: jax.
         lock.release()
 
 
-def _next_global_batch(data_iter, mesh: jax.sharding.Mesh) -> jax.Array:
-    """The next train batch's tiles, explicitly put on the mesh with the batch sharding (an async copy).
+def _next_global_batch(data_iter, mesh: jax.sharding.Mesh) -> Batch:
+    """The next train batch (`BATCH_KEYS`), explicitly put on the mesh with the batch sharding (an async copy).
 
     The loop fetches batch s + 1 after dispatching step s and after saving that step's checkpoint, so the
     read and the host→device copy overlap the step and the saved iterator state is the one after batch s.
     """
-    return parallel.host_to_global({"image": next(data_iter)["image"]}, mesh)["image"]
+    local = next(data_iter)
+    return parallel.host_to_global({name: local[name] for name in BATCH_KEYS}, mesh)
 
 
 def _train_locked(trainer: Trainer, workdir: epath.Path) -> State:
@@ -330,12 +335,12 @@ def _train_locked(trainer: Trainer, workdir: epath.Path) -> State:
     step_fn, flops = None, None
     tick, tick_step = time.perf_counter(), start
     try:
-        tiles = _next_global_batch(data_iter, mesh) if start < config.num_steps else None
+        batch = _next_global_batch(data_iter, mesh) if start < config.num_steps else None
         for step in range(start, config.num_steps):
             if step_fn is None:  # compile once, read the FLOPs of the compiled step for MFU
-                step_fn = compile_step(trainer).lower(state, tiles, base_key).compile()
+                step_fn = compile_step(trainer).lower(state, batch, base_key).compile()
                 flops = compiled_flops(step_fn)
-            state, metrics = step_fn(state, tiles, base_key)
+            state, metrics = step_fn(state, batch, base_key)
             images_seen += config.batch_size
             done = step + 1
             writer.progress(done, metrics)
@@ -362,7 +367,7 @@ def _train_locked(trainer: Trainer, workdir: epath.Path) -> State:
             if preempted:
                 raise Preempted(done)
             if done < config.num_steps:  # read and copied while the step just dispatched runs on the device
-                tiles = _next_global_batch(data_iter, mesh)
+                batch = _next_global_batch(data_iter, mesh)
     finally:  # on any exit, finish the saves already started: they are complete states
         preemption.close()
         checkpointer.close()

@@ -36,9 +36,9 @@ def main(layout: str, out_path: str) -> None:
     base_key = jax.random.key(config.seed)
     losses = []
     for batch in batches[:3]:
-        state, metrics = step_fn(state, parallel.host_to_global({"image": batch}, mesh)["image"], base_key)
+        state, metrics = step_fn(state, parallel.host_to_global({"image": batch}, mesh), base_key)
         losses.append(float(metrics["loss"]))
-    tiles = parallel.host_to_global({"image": batches[3]}, mesh)["image"]
+    tiles = parallel.host_to_global({"image": batches[3]}, mesh)
     grads = jax.jit(jax.grad(lambda p: train.loss_and_metrics(p, trainer.graphdef, tiles, base_key, config, 3)[0]))(
         state["params"])
     flat = {}

@@ -43,8 +43,8 @@ def main() -> None:
     mine = slice(jax.process_index() * local, (jax.process_index() + 1) * local)
     losses = []
     for batch in batches:
-        tiles = parallel.host_to_global({"image": batch[mine]}, mesh)["image"]
-        state, metrics = step_fn(state, tiles, jax.random.key(config.seed))
+        state, metrics = step_fn(state, parallel.host_to_global({"image": batch[mine]}, mesh),
+                                 jax.random.key(config.seed))
         losses.append(float(metrics["loss"]))
     iterator = input_pipeline.make_train_iterator(
         config, data_dir, process_index=jax.process_index(), process_count=jax.process_count())

@@ -42,14 +42,23 @@ def test_foundation_model_architecture_keys_are_valid():
         ("optimizer.warmup_steps", 100, "config.optimizer.warmup_steps"),
         ("eval.references", ("untrained", "imagenet"), "config.eval.references"),
         ("eval.normalizers", ("macenko", "staintools"), "config.eval.normalizers"),
-        ("objectives", ("cross_correlation", "supervised"), "config.objectives"),
+        ("objectives", ("cross_correlation", "supervisd"), "config.objectives"),
+        ("supervised.num_classes", 1, "config.supervised.num_classes"),
+        ("dann.domain_field", "magnification", "config.dann.domain_field"),
+        ("dann.head_lr_scale", 0.0, "config.dann.head_lr_scale"),
+        ("lmc.scale.max_zoom", 0.5, "config.lmc.scale.max_zoom"),
+        ("dcgan.ratio", 0.3, "config.dcgan.ratio"),  # DCGAN samples need the supervised term
+        ("data.val_region_fraction", 1.0, "config.data.val_region_fraction"),
         ("objectives", (), "config.objectives"),
     ],
 )
 def test_bad_values_name_their_key(key, value, message):
     config = tiny_config()
     parent, _, leaf = key.rpartition(".")
-    (config if not parent else config[parent] if "." not in parent else config.lmc.stain)[leaf] = value
+    node = config
+    for part in filter(None, parent.split(".")):
+        node = node[part]
+    node[leaf] = value
     with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
         validate(config)
 
@@ -103,7 +112,7 @@ def test_cli_reports_a_bad_value_in_one_line_without_traceback(tmp_path):
     result = subprocess.run([sys.executable, "-m", "lmc_jax.main", "--config", "configs/default.py", "--workdir",
                              str(tmp_path), "--config.lmc.num_views=1"], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 1
-    assert result.stderr.strip().splitlines()[-1] == "error: config.lmc.num_views=1: LMC needs at least 2 views"
+    assert result.stderr.strip().splitlines()[-1] == "error: config.lmc.num_views=1: the cross_correlation term needs at least 2 views"
     assert "Traceback" not in result.stderr
 
 
@@ -121,4 +130,20 @@ def test_dann_reference_and_linear_domain_head_are_valid():
     config = tiny_config()
     config.eval.references = ("untrained", "geometric_only", "dann")
     config.dann.hidden_dims = ()
+    validate(config)
+
+
+def test_site_dann_needs_its_number_of_domains_and_dcgan_its_bank():
+    config = tiny_config()
+    config.objectives, config.dann.domain_field = ("supervised", "dann"), "site"
+    with pytest.raises(ConfigError, match=r"config\.dann\.num_domains=0"):
+        validate(config)
+    config.dann.num_domains = 4
+    validate(config)
+    config.dcgan.ratio = 0.25
+    with pytest.raises(ConfigError, match=r"config\.dcgan\.bank_path=''"):
+        validate(config)
+    config.dcgan.bank_path = "/tmp/bank.npz"
+    validate(config)
+    config.objectives, config.lmc.num_views = ("supervised",), 1  # no cross-correlation: one view is enough
     validate(config)

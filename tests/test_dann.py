@@ -79,7 +79,7 @@ def test_reversal_flips_and_scales_only_the_encoders_domain_gradient():
     def total(p, w):
         run = training_config(tiny_config(), "dann")
         run.dann.weight = w
-        return train.loss_and_metrics(p, trainer.graphdef, tiles, key, run, step=step)
+        return train.loss_and_metrics(p, trainer.graphdef, {"image": tiles}, key, run, step=step)
 
     def plain_domain_loss(p):  # the same features and labels, no reversal
         model = nnx.merge(trainer.graphdef, p)

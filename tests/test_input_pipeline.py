@@ -219,8 +219,11 @@ def test_train_dataset_over_any_source_matches_the_iterator(data_dir, train):
 class _Records:
     """A random-access source of site-only records."""
 
-    def __init__(self, sites):
-        self.records = [{"site": np.int64(s), "tile_id": np.int64(i)} for i, s in enumerate(sites)]
+    def __init__(self, sites, regions=None, labels=None):
+        regions = range(len(sites)) if regions is None else regions
+        labels = [0] * len(sites) if labels is None else labels
+        self.records = [{"site": np.int64(s), "region": np.int64(r), "label": np.int64(y), "tile_id": np.int64(i)}
+                        for i, (s, r, y) in enumerate(zip(sites, regions, labels))]
 
     def __len__(self):
         return len(self.records)
@@ -232,13 +235,46 @@ class _Records:
         return [self.records[i] for i in indices]
 
 
+def _subset_config(sites=(), fraction=0.0):
+    return ml_collections.ConfigDict({"seed": 0, "data": {"train_sites": sites, "val_region_fraction": fraction}})
+
+
 def test_train_sites_keep_only_those_sites_records():
     source = _Records([0, 1, 0, 2, 1])
-    subset = input_pipeline._train_sites_subset(source, ("b",), ["a", "b", "c"])
+    assert input_pipeline._train_subset(source, _subset_config(), ["a", "b", "c"]) is source
+    subset = input_pipeline._train_subset(source, _subset_config(("b",)), ["a", "b", "c"])
     assert [subset[i]["tile_id"] for i in range(len(subset))] == [1, 4]
     assert [r["tile_id"] for r in subset.__getitems__([1, 0])] == [4, 1]
     with pytest.raises(DataError, match=r"names \['x'\], not sites of the train split; its sites: \['a', 'b', 'c'\]"):
-        input_pipeline._train_sites_subset(source, ("x",), ["a", "b", "c"])
+        input_pipeline._train_subset(source, _subset_config(("x",)), ["a", "b", "c"])
+
+
+def test_validation_regions_are_a_share_of_each_class_and_never_trained_on():
+    regions = np.repeat(np.arange(20), 3)  # 20 patients, 3 tiles each; patients 0-9 benign, 10-19 malignant
+    labels = (regions >= 10).astype(np.int64)
+    held = input_pipeline.validation_regions(regions, labels, 0.2, seed=0)
+    assert len(held) == 4 and (held < 10).sum() == 2 and (held >= 10).sum() == 2
+    np.testing.assert_array_equal(held, input_pipeline.validation_regions(regions, labels, 0.2, seed=0))
+    assert not np.array_equal(held, input_pipeline.validation_regions(regions, labels, 0.2, seed=1))
+    assert len(input_pipeline.validation_regions(regions, labels, 0.0, seed=0)) == 0
+    source = _Records(sites=[0] * 60, regions=regions, labels=labels)
+    subset = input_pipeline._train_subset(source, _subset_config(fraction=0.2), ["a"])
+    kept = {int(subset[i]["region"]) for i in range(len(subset))}
+    assert len(subset) == 48 and kept == set(range(20)) - set(held.tolist())
+
+
+def test_sample_bank_replaces_the_configured_share_of_records_with_labelled_samples():
+    source = [{"image": np.zeros((4, 4, 3), np.uint8), "label": np.int64(0), "site": np.int64(1),
+               "region": np.int64(7), "tile_id": np.int64(i)} for i in range(64)]
+    bank = (np.full((5, 4, 4, 3), 200, np.uint8), np.ones(5, np.int64))
+    stream = input_pipeline.train_dataset(source, seed=0, local_batch=64, samples=bank, sample_ratio=0.25)
+    batch = next(iter(stream))
+    replaced = batch["image"].reshape(64, -1).max(axis=1) == 200
+    assert 6 <= replaced.sum() <= 26  # Binomial(64, 0.25): mean 16
+    assert np.all(batch["label"][replaced] == 1) and np.all(batch["site"][replaced] == -1)
+    assert np.all(batch["label"][~replaced] == 0) and np.all(batch["region"][~replaced] == 7)
+    again = next(iter(input_pipeline.train_dataset(source, seed=0, local_batch=64, samples=bank, sample_ratio=0.25)))
+    np.testing.assert_array_equal(batch["image"], again["image"])  # keyed by position: a resume sees the same
 
 
 def test_train_sites_through_the_iterator(data_dir):
@@ -247,5 +283,5 @@ def test_train_sites_through_the_iterator(data_dir):
     assert_batches_equal(next(input_pipeline.make_train_iterator(config, data_dir)),
                          next(input_pipeline.make_train_iterator(make_config(), data_dir)))
     config.data.train_sites = ("lab_shift",)
-    with pytest.raises(DataError, match="holds no record of those sites"):
+    with pytest.raises(DataError, match="no train record is left to train on"):
         input_pipeline.make_train_iterator(config, data_dir)

@@ -145,9 +145,9 @@ def test_gradient_accumulation_averages_strided_micro_batches(tiny_data_dir):
     params = train.init_state(trainer)["params"]
     tiles = jax.numpy.asarray(np.random.default_rng(0).integers(0, 256, (16, 32, 32, 3), dtype=np.uint8))
     key = jax.random.key(3)
-    (loss, _), grads = jax.jit(lambda p, t: train._accumulated_grads(trainer, p, t, key, 0))(params, tiles)
+    (loss, _), grads = jax.jit(lambda p, t: train._accumulated_grads(trainer, p, {"image": t}, key, 0))(params, tiles)
     grad_fn = jax.value_and_grad(train.loss_and_metrics, has_aux=True)
-    parts = [grad_fn(params, trainer.graphdef, tiles[m::2], jax.random.fold_in(key, m), config, 0) for m in range(2)]
+    parts = [grad_fn(params, trainer.graphdef, {"image": tiles[m::2]}, jax.random.fold_in(key, m), config, 0) for m in range(2)]
     np.testing.assert_allclose(loss, (parts[0][0][0] + parts[1][0][0]) / 2, rtol=1e-5)
     want = jax.tree.map(lambda a, b: (a + b) / 2, parts[0][1], parts[1][1])
     scale = max(float(np.abs(leaf).max()) for leaf in jax.tree.leaves(want))
@@ -162,7 +162,7 @@ def test_ema_tracks_parameters(tiny_data_dir):
     state = train.init_state(trainer)
     before = jax.device_get(state["params"])
     tiles = jax.numpy.asarray(np.random.default_rng(0).integers(0, 256, (16, 32, 32, 3), dtype=np.uint8))
-    state, _ = train.compile_step(trainer)(state, tiles, jax.random.key(0))
+    state, _ = train.compile_step(trainer)(state, {"image": tiles}, jax.random.key(0))
     after = jax.device_get(state["params"])
     for ema, b, a in zip(jax.tree.leaves(jax.device_get(state["ema_params"])), jax.tree.leaves(before),
                          jax.tree.leaves(after), strict=True):
@@ -184,7 +184,7 @@ def test_train_steps_make_no_implicit_host_device_transfer(tiny_data_dir):
     host_tiles = next(data_iter)["image"]
     with jax.transfer_guard("disallow"):
         with pytest.raises(Exception, match="host-to-device"):  # the guard is live: a numpy batch is refused
-            step(state, host_tiles, key)
+            step(state, {"image": host_tiles}, key)
         for _ in range(2):
             state, metrics = step(state, train._next_global_batch(data_iter, mesh), key)
         jax.block_until_ready((state, metrics))

@@ -106,7 +106,7 @@ def _ids(a: Any) -> np.ndarray:
     return np.asarray(a).astype(str)
 
 
-def _auc(y: np.ndarray, score: np.ndarray) -> float | None:
+def auc(y: np.ndarray, score: np.ndarray) -> float | None:
     """Tie-aware ROC AUC (probe.block_auc with one block); None when a class is missing."""
     one = bootstrap.Blocks(ids=np.zeros(len(y), np.int64), num=1, unit="example", counts=np.zeros((0, 1)))
     value = float(probe.block_auc(probe.auc_block_pairs(one, np.asarray(y), score), one.ones())[0])
@@ -160,10 +160,10 @@ def matched_signature(x_fit: np.ndarray, y_fit: np.ndarray, x_val: np.ndarray, y
     def scores(x):
         return ((np.asarray(x, np.float64) - mean) / std) @ w.T.astype(np.float64) + b
 
-    val_auc = [_auc(y_val, s) for s in scores(x_val).T]
+    val_auc = [auc(y_val, s) for s in scores(x_val).T]
     sizes = (w != 0).sum(axis=1)
     dense = probe.fit_logistic(x_fit, y_fit, l2)
-    dense_auc = _auc(y_val, probe.predict_proba(dense, x_val))
+    dense_auc = auc(y_val, probe.predict_proba(dense, x_val))
     out = {**base, "dense_auc": dense_auc, "undefined": {},
            "path": {"lambdas": lambdas.tolist(), "sizes": sizes.tolist(), "val_auc": val_auc}}
     ok = [i for i, a in enumerate(val_auc) if a is not None and a >= dense_auc - tolerance]
@@ -176,8 +176,8 @@ def matched_signature(x_fit: np.ndarray, y_fit: np.ndarray, x_val: np.ndarray, y
     out.update(size=int(sizes[chosen]), dims=np.flatnonzero(w[chosen]).tolist(), matched_auc=val_auc[chosen],
                **{"lambda": float(lambdas[chosen])})
     if x_test is not None and y_test is not None and len(y_test):
-        out["test_auc"] = _auc(np.asarray(y_test), scores(x_test)[:, chosen])
-        out["dense_test_auc"] = _auc(np.asarray(y_test), probe.predict_proba(dense, x_test))
+        out["test_auc"] = auc(np.asarray(y_test), scores(x_test)[:, chosen])
+        out["dense_test_auc"] = auc(np.asarray(y_test), probe.predict_proba(dense, x_test))
         if out["test_auc"] is None:
             out["undefined"]["test_auc"] = out["undefined"]["dense_test_auc"] = "test rows have one class"
     return out

@@ -322,18 +322,22 @@ class Projector(nnx.Module):
 
 
 class DomainHead(nnx.Module):
-    """DANN domain classifier: MLP width → hidden dims (ReLU) → 1 logit (source 0 / stain-shifted 1)."""
+    """Classifier head: MLP width → hidden dims (ReLU) → `outputs` logits. DANN's domain head (1 logit: source 0 /
+    stain-shifted 1, or one per domain) and, linear (no hidden dims), the supervised term's classifier."""
 
-    def __init__(self, in_features: int, hidden_dims: tuple[int, ...], *, dtype: jnp.dtype, rngs: nnx.Rngs):
+    def __init__(self, in_features: int, hidden_dims: tuple[int, ...], *, dtype: jnp.dtype, rngs: nnx.Rngs,
+                 outputs: int = 1):
         widths = (in_features, *hidden_dims)
         self.hidden = nnx.List([nnx.Linear(a, b, dtype=dtype, rngs=rngs) for a, b in zip(widths[:-1], widths[1:])])
-        self.out = nnx.Linear(widths[-1], 1, dtype=dtype, rngs=rngs)
+        self.out = nnx.Linear(widths[-1], outputs, dtype=dtype, rngs=rngs)
+        self.outputs = outputs
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        """Features [..., width] → logits [...] (float32)."""
+        """Features [..., width] → logits [...] with one output, else [..., outputs] (float32)."""
         for linear in self.hidden:
             x = jax.nn.relu(linear(x))
-        return self.out(x)[..., 0].astype(jnp.float32)
+        logits = self.out(x).astype(jnp.float32)
+        return logits[..., 0] if self.outputs == 1 else logits
 
 
 class LMCModel(nnx.Module):

@@ -15,8 +15,9 @@ import ml_collections
 from flax import nnx
 
 from lmc_jax.errors import ConfigError
-from lmc_jax.objectives.base import Features, HeadFactory, Term
+from lmc_jax.objectives.base import Batch, Features, HeadFactory, Term
 from lmc_jax.stain.augment import StainAugConfig, make_views
+from lmc_jax.stain.scale import ScaleAugConfig
 
 TERMS: dict[str, Term] = {
     info.name: importlib.import_module(f"{__name__}.{info.name}").TERM
@@ -43,7 +44,9 @@ def views(key: jax.Array, tiles: jax.Array, config: ml_collections.ConfigDict) -
     Returns them with the number of renderings per term (in order), to split the features again.
     """
     stain = StainAugConfig.from_config(config.lmc.stain) if config.lmc.stain_views else None
-    parts = [make_views(key, tiles, num_views=config.lmc.num_views, crop_size=config.data.crop_size, stain=stain)]
+    scale = ScaleAugConfig.from_config(config.lmc.scale) if config.lmc.scale.views else None
+    parts = [make_views(key, tiles, num_views=config.lmc.num_views, crop_size=config.data.crop_size, stain=stain,
+                        scale=scale)]
     counts = {}
     for name, term in terms(config).items():
         extra = term.renderings(key, tiles, config)
@@ -61,12 +64,12 @@ def split_features(embedded: jax.Array, num_views: int, counts: dict[str, int]) 
     return Features(embedded, num_views, offsets)
 
 
-def loss(model: nnx.Module, features: Features, progress: jax.Array,
+def loss(model: nnx.Module, features: Features, batch: Batch, progress: jax.Array,
          config: ml_collections.ConfigDict) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Σ of the terms' losses (in config order) and the union of their metrics."""
     total, metrics = None, {}
     for term in terms(config).values():
-        value, logged = term.loss(model, features, progress, config)
+        value, logged = term.loss(model, features, batch, progress, config)
         total = value if total is None else total + value
         metrics.update(logged)
     return total, metrics

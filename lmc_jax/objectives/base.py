@@ -11,6 +11,9 @@ from flax import nnx
 from lmc_jax.models.vit import HeadFactory  # (encoder width, compute dtype, rngs) → a module trained with it
 
 
+Batch = dict[str, jax.Array]  # the global train batch: image uint8 [B, T, T, 3], label and site int [B] (-1 = none)
+
+
 class Features(NamedTuple):
     """Encoder features of one global batch from one encoder pass: [K + E, B, W], the K training views first,
     then each term's renderings. Terms index this one array (a slice of a slice compiles to other roundings)."""
@@ -42,6 +45,7 @@ class Term(Protocol):
     def head(self, config: ml_collections.ConfigDict) -> tuple[str, HeadFactory] | None:
         """(attribute name, factory) of the module this term trains beside encoder and projector, or None."""
 
-    def loss(self, model: nnx.Module, features: Features, progress: jax.Array,
+    def loss(self, model: nnx.Module, features: Features, batch: Batch, progress: jax.Array,
              config: ml_collections.ConfigDict) -> tuple[jax.Array, dict[str, jax.Array]]:
-        """(weighted loss, logged metrics); `progress` = step / num_steps in [0, 1] (traced)."""
+        """(weighted loss, logged metrics); `batch` holds the tiles' labels and sites; `progress` = step /
+        num_steps in [0, 1] (traced)."""

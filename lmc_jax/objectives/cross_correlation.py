@@ -7,7 +7,7 @@ import ml_collections
 from flax import nnx
 
 from lmc_jax.losses import lmc_loss
-from lmc_jax.objectives.base import Features, HeadFactory
+from lmc_jax.objectives.base import Batch, Features, HeadFactory
 
 
 class CrossCorrelation:
@@ -19,7 +19,7 @@ class CrossCorrelation:
     def head(self, config: ml_collections.ConfigDict) -> tuple[str, HeadFactory] | None:
         return None
 
-    def loss(self, model: nnx.Module, features: Features, progress: jax.Array,
+    def loss(self, model: nnx.Module, features: Features, batch: Batch, progress: jax.Array,
              config: ml_collections.ConfigDict) -> tuple[jax.Array, dict[str, jax.Array]]:
         return lmc_loss(model.projector(features.views), config.lmc.off_diagonal_weight)
 
