@@ -132,7 +132,7 @@ def run_train_step(variant: str, sizes: Sizes, batch: int, steps: int) -> dict[s
     mesh = parallel.make_mesh(1, 1, devices=jax.devices()[:1])
     trainer = train.make_trainer(config, mesh)
     state = train.init_state(trainer)
-    tiles = jax.device_put(slide_tiles(sizes.tile, batch), parallel.batch_sharding(mesh, 4))
+    tiles = {"image": jax.device_put(slide_tiles(sizes.tile, batch), parallel.batch_sharding(mesh, 4))}
     key = jax.random.key(0)
     start = time.perf_counter()
     compiled = train.compile_step(trainer).lower(state, tiles, key).compile()

@@ -122,7 +122,8 @@ def train_step_rate(config: ml_collections.ConfigDict, steps: int) -> tuple[floa
     mesh = parallel.make_mesh(1, 1, devices=jax.devices()[:1])
     trainer = train.make_trainer(config, mesh)
     state = train.init_state(trainer)
-    tiles = jax.device_put(slide_tiles(config.data.tile_size, config.batch_size), parallel.batch_sharding(mesh, 4))
+    tiles = {"image": jax.device_put(slide_tiles(config.data.tile_size, config.batch_size),
+                                     parallel.batch_sharding(mesh, 4))}
     key = jax.random.key(0)
     step = train.compile_step(trainer)
     state, metrics = step(state, tiles, key)
@@ -143,7 +144,7 @@ def lmc_flops_per_tile(variant: str, tile: int, batch: int = 8) -> float:
     config.model.variant, config.data.tile_size, config.data.crop_size, config.batch_size = variant, tile, tile, batch
     mesh = parallel.make_mesh(1, 1, devices=jax.devices()[:1])
     trainer = train.make_trainer(config, mesh)
-    tiles = jax.ShapeDtypeStruct((batch, tile, tile, 3), np.uint8, sharding=parallel.batch_sharding(mesh, 4))
+    tiles = {"image": jax.ShapeDtypeStruct((batch, tile, tile, 3), np.uint8, sharding=parallel.batch_sharding(mesh, 4))}
     key = jax.eval_shape(lambda: jax.random.key(0))
     lowered = train.compile_step(trainer).lower(train.abstract_state(trainer), tiles, key)
     return compiled_flops(lowered) / batch

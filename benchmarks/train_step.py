@@ -146,7 +146,7 @@ def time_lmc_jax(config, tiles: np.ndarray, steps: int) -> list[float]:
     mesh = parallel.make_mesh(1, 1, devices=jax.devices()[:1])
     trainer = train.make_trainer(config, mesh)
     state = train.init_state(trainer)
-    batch = jax.device_put(tiles, parallel.batch_sharding(mesh, 4))
+    batch = {"image": jax.device_put(tiles, parallel.batch_sharding(mesh, 4))}
     key = jax.random.key(config.seed)
     step = train.compile_step(trainer)
     for _ in range(2):
