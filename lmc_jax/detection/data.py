@@ -16,10 +16,13 @@ from data_pipelines.builders import common
 from data_pipelines.builders.midog import midog_dataset_builder as midog
 
 SCANNERS = midog.SCANNERS
-# Scan resolution of the four MIDOG 2021 scanners (µm/px), as the MIDOG 2021 data-set description gives them
-# (Aubreville et al., Medical Image Analysis 84, 2023, Table 1): Hamamatsu XR and S360 0.23, Aperio ScanScope CS2
-# 0.25, Leica GT450 0.26. The challenge matches within 7.5 µm in world (mm) coordinates, so the radius in pixels
-# depends on the scanner; config.detection.microns_per_pixel overrides this table with one value.
+# Scan resolution of the four MIDOG 2021 scanners (µm/px): Hamamatsu XR and S360 0.23, Aperio ScanScope CS2 0.25
+# (the data set's description, Aubreville et al., Medical Image Analysis 84, 2023; checked against an independent
+# public note on the download, github.com/CS-433/ml-project-2-ml-ts-4science README: "001-100 0.23 mpp, 101-200
+# 0.25 mpp"). Leica GT450 0.26 is Leica's 40x specification; its 50 MIDOG 2021 images carry no annotations, so it
+# enters no F1. The challenge's evaluation (DeepMicroscopy/MIDOG_evaluation_docker, evaluation.py) matches in
+# world coordinates, radius 7.5e-3 mm, so the radius in pixels depends on the scanner;
+# config.detection.microns_per_pixel overrides this table with one value.
 MICRONS_PER_PIXEL = {"hamamatsu_xr": 0.23, "hamamatsu_s360": 0.23, "aperio_cs2": 0.25, "leica_gt450": 0.26}
 
 
