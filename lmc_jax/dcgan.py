@@ -87,7 +87,7 @@ def dcgan_config(cfg_or_config: ml_collections.ConfigDict) -> ml_collections.Con
 
 
 def check_inputs(images: np.ndarray, labels: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 tiles [N, T, T, 3] (T = 4·2^n), int labels [N] in [0, num_classes), every class present; else one line."""
+    """uint8 tiles [N, T, T, 3] (T = b·2^n, models/dcgan.base_and_levels), int labels [N] in [0, num_classes), every class present; else one line."""
     images, labels = np.asarray(images), np.asarray(labels)
     if images.dtype != np.uint8:
         raise UserError(f"DCGAN images have dtype {images.dtype}: pass uint8 tiles [N, T, T, 3] (0..255).")

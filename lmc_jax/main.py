@@ -1,7 +1,7 @@
 """Entry point: `python -m lmc_jax.main --config configs/X.py --workdir DIR [--config.key=value ...]`.
 
 Flags and dispatch only: `config.mode` names a module of `lmc_jax.modes` (MODES: train, evaluate, export,
-normalize, embed, detection, wilds), which validates the config and runs. A user's mistake ends the run with
+normalize, embed, detection, wilds, lomo), which validates the config and runs. A user's mistake ends the run with
 one line, `error: ...`, naming the bad key, value or file and the fix: a `UserError` (or a data pipeline's
 `DataError`), an unknown `--config.key`, a value of the wrong type, a missing `--config` file, a disk that is
 full. `--debug` (or `LMC_JAX_DEBUG=1`) shows the full traceback instead. A preempted training run exits 143
@@ -26,7 +26,7 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and the evaluation report.")
 _DEBUG = flags.DEFINE_bool("debug", False, "Show full tracebacks of user errors (also: LMC_JAX_DEBUG=1).")
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, what schedulers expect from a terminated job
-MODES = ("train", "evaluate", "export", "normalize", "embed", "detection", "wilds")  # modules of lmc_jax.modes
+MODES = ("train", "evaluate", "export", "normalize", "embed", "detection", "wilds", "lomo")  # modules of lmc_jax.modes
 DEBUG_ENV = "LMC_JAX_DEBUG"  # set to 1 for full tracebacks (the --debug flag, readable before flags parse)
 
 

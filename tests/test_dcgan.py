@@ -19,7 +19,8 @@ from PIL import Image
 
 from lmc_jax import dcgan
 from lmc_jax.errors import UserError
-from lmc_jax.models.dcgan import DownConv, UpConv, channels, num_levels
+from lmc_jax.models.dcgan import (Discriminator, DownConv, Generator, UpConv, base_and_levels, channels,
+                                  num_levels)
 
 TILE = 16
 COLOURS = np.array([[120, 20, 20], [170, 200, 240]], np.float32)  # dark red, light blue
@@ -174,7 +175,7 @@ def test_non_finite_loss_names_the_step():
 @pytest.mark.parametrize("images, labels, num_classes, expected", [
     (np.zeros((4, 16, 16, 3), np.float32), np.zeros(4, int), 1, "dtype"),
     (np.zeros((4, 16, 16), np.uint8), np.zeros(4, int), 1, "shape"),
-    (np.zeros((4, 24, 24, 3), np.uint8), np.zeros(4, int), 1, "4·2^n"),
+    (np.zeros((4, 36, 36, 3), np.uint8), np.zeros(4, int), 1, "b·2^n"),
     (np.zeros((4, 16, 16, 3), np.uint8), np.array([0, 1, 2, -1]), 3, "outside"),
     (np.zeros((4, 16, 16, 3), np.uint8), np.zeros(3, int), 1, "one integer label"),
     (np.zeros((4, 16, 16, 3), np.uint8), np.zeros(4, int), 2, "no training tiles"),
@@ -199,10 +200,16 @@ def test_bad_config_raises_one_line():
 
 def test_sizes():
     assert [num_levels(s) for s in (8, 16, 32, 64)] == [1, 2, 3, 4]
+    assert [base_and_levels(s) for s in (12, 48, 96, 224, 56)] == [(3, 2), (3, 4), (3, 5), (7, 5), (7, 3)]
     assert channels(64, 32) == [256, 128, 64, 32]
-    for bad in (4, 12, 48, 96):
+    for bad in (4, 7, 36, 100):  # no halving at all, or a base of 9 / 25
         with pytest.raises(ValueError):
             num_levels(bad)
+    for size in (24, 48):  # a 3-px first map: generator and discriminator fit the size
+        g = Generator(2, size, latent_dim=8, width=4, rngs=nnx.Rngs(0))
+        d = Discriminator(2, size, width=4, rngs=nnx.Rngs(1))
+        images = g(jnp.zeros((2, 8)), jnp.array([0, 1]), train=True)
+        assert images.shape == (2, size, size, 3) and d(images, jnp.array([0, 1]), train=True).shape == (2,)
 
 
 def test_strided_convs_are_the_dcgan_convolutions():

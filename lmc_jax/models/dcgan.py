@@ -1,10 +1,11 @@
 """Class-conditional DCGAN (Radford et al. 2016) generator and projection discriminator in Flax NNX.
 
-Generator: z ⊕ a learned class embedding → dense → 4×4 feature map → stride-2 4×4 transposed convs + BatchNorm +
+Generator: z ⊕ a learned class embedding → dense → b×b feature map → stride-2 4×4 transposed convs + BatchNorm +
 ReLU (channels halving as the resolution doubles, `width` at the last hidden one) → 4×4 transposed conv → tanh.
 Discriminator: stride-2 4×4 convs with LeakyReLU(0.2) (`width` channels first, no BatchNorm on the first conv, as
-DCGAN), down to 4×4, conditioned by projection (Miyato & Koyama 2018): logit = w·φ(x) + b + ⟨embed(y), φ(x)⟩.
-Images are float [-1, 1], NHWC; image_size must be 4·2^n (n ≥ 1). Weights start N(0, 0.02), as DCGAN's.
+DCGAN), down to b×b, conditioned by projection (Miyato & Koyama 2018): logit = w·φ(x) + c + ⟨embed(y), φ(x)⟩.
+Images are float [-1, 1], NHWC; image_size must be b·2^n with n ≥ 1 and a base b of 3 to 7 (DCGAN's 4·2^n; also
+48 = 3·16, 96 = 3·32, 224 = 7·32, the sizes of the data sets). Weights start N(0, 0.02), as DCGAN's.
 
 Both strided convolutions are written as one matmul over 2×2 windows (`UpConv`: the sub-pixel form of the
 transposed conv; `DownConv`: space-to-depth, then a 2×2 conv), the same linear maps as lax.conv_transpose /
@@ -23,17 +24,25 @@ _INIT = nnx.initializers.normal(0.02)  # DCGAN's weight initialisation
 BN_MOMENTUM = 0.9  # running statistics follow the last ~10 steps of a generator that keeps moving
 
 
+def base_and_levels(image_size: int) -> tuple[int, int]:
+    """(b, n) with image_size = b·2^n, n ≥ 1 halvings while the map stays ≥ 3 px, b in 3..7: the first map's size
+    and the number of stride-2 layers; any other size raises a one-line error."""
+    n, base = 0, image_size
+    while base % 2 == 0 and base // 2 >= 3:
+        n, base = n + 1, base // 2
+    if n < 1 or not 3 <= base <= 7:
+        raise ValueError(f"DCGAN image_size={image_size}: must be b·2^n with n ≥ 1 and b in 3..7 (8, 12, 16, 24, "
+                         "32, 48, 64, 96, 224, ...); resize or crop the tiles to such a size first.")
+    return base, n
+
+
 def num_levels(image_size: int) -> int:
-    """n for image_size = 4·2^n (n ≥ 1): the number of stride-2 layers; any other size raises a one-line error."""
-    n = (image_size // 4).bit_length() - 1
-    if image_size < 8 or image_size != 4 * 2**n:
-        raise ValueError(f"DCGAN image_size={image_size}: must be 4·2^n with n ≥ 1 (8, 16, 32, 64, 128, ...); "
-                         "resize or crop the tiles to such a size first.")
-    return n
+    """n of `base_and_levels`: the number of stride-2 layers."""
+    return base_and_levels(image_size)[1]
 
 
 def channels(image_size: int, width: int) -> list[int]:
-    """Channels of the hidden feature maps from 4×4 up to image_size/2: width·2^(n-1), ..., 2·width, width."""
+    """Channels of the hidden feature maps from b×b up to image_size/2: width·2^(n-1), ..., 2·width, width."""
     n = num_levels(image_size)
     return [width * 2 ** (n - 1 - i) for i in range(n)]
 
@@ -84,8 +93,10 @@ class Generator(nnx.Module):
     def __init__(self, num_classes: int, image_size: int, *, latent_dim: int, width: int, rngs: nnx.Rngs):
         chans = channels(image_size, width)
         self.num_classes, self.image_size, self.latent_dim = num_classes, image_size, latent_dim
+        self.base = base_and_levels(image_size)[0]
         self.embed = nnx.Embed(num_classes, latent_dim, embedding_init=nnx.initializers.normal(1.0), rngs=rngs)
-        self.dense = nnx.Linear(2 * latent_dim, 16 * chans[0], use_bias=False, kernel_init=_INIT, rngs=rngs)
+        self.dense = nnx.Linear(2 * latent_dim, self.base**2 * chans[0], use_bias=False, kernel_init=_INIT,
+                                rngs=rngs)
         self.norm0 = nnx.BatchNorm(chans[0], momentum=BN_MOMENTUM, rngs=rngs)
         self.ups = nnx.List([UpConv(a, b, use_bias=False, rngs=rngs)
                              for a, b in zip(chans[:-1], chans[1:])])
@@ -95,7 +106,7 @@ class Generator(nnx.Module):
     def __call__(self, z: jax.Array, labels: jax.Array, *, train: bool) -> jax.Array:
         """train=True: BatchNorm on batch statistics (and running averages updated); False: on the running averages."""
         h = self.dense(jnp.concatenate([z, self.embed(labels)], axis=-1))
-        h = h.reshape(z.shape[0], 4, 4, -1)
+        h = h.reshape(z.shape[0], self.base, self.base, -1)
         h = jax.nn.relu(self.norm0(h, use_running_average=not train))
         for up, norm in zip(self.ups, self.norms):
             h = jax.nn.relu(norm(up(h), use_running_average=not train))
@@ -111,11 +122,11 @@ class Discriminator(nnx.Module):
     """
 
     def __init__(self, num_classes: int, image_size: int, *, width: int, rngs: nnx.Rngs):
-        chans = channels(image_size, width)[::-1]  # width, 2·width, ... at image_size/2 ... 4
+        chans = channels(image_size, width)[::-1]  # width, 2·width, ... at image_size/2 ... b
         self.first = DownConv(3, chans[0], use_bias=True, rngs=rngs)
         self.downs = nnx.List([DownConv(a, b, use_bias=False, rngs=rngs) for a, b in zip(chans[:-1], chans[1:])])
         self.norms = nnx.List([nnx.BatchNorm(b, rngs=rngs) for b in chans[1:]])
-        features = 16 * chans[-1]
+        features = base_and_levels(image_size)[0] ** 2 * chans[-1]
         self.linear = nnx.Linear(features, 1, kernel_init=_INIT, rngs=rngs)
         self.embed = nnx.Embed(num_classes, features, embedding_init=_INIT, rngs=rngs)  # the class projection
 
