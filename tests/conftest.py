@@ -1,8 +1,20 @@
-"""Shared pytest setup: absl flags parsed (grain workers need it), CPU only."""
+"""Shared pytest setup: absl flags parsed (grain workers need it), CPU only, one XLA compilation cache per session."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# JAX's persistent compilation cache in a folder of this session: a program compiled once (the tiny train step, the
+# evaluation's kernels, the normalisers) is read back, not compiled again, by later tests, the other xdist worker
+# and the CLI subprocesses of the preemption / multiprocess tests (they inherit the environment). The session
+# starts empty (CI's clean clone pays each first compile) and the folder is removed at exit by the process that
+# made it: pytest's main process, which sets the variable before it starts the workers.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="lmc_jax_tests_xla_cache_")
+    atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")  # every program, not only those over 1 s
 
 from absl import flags  # noqa: E402
 

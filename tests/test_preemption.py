@@ -64,6 +64,13 @@ def _steps_on_disk(workdir: pathlib.Path) -> list[int]:
     return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit()) if directory.exists() else []
 
 
+def _read(path: pathlib.Path) -> str:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return ""
+
+
 def _final_params(workdir) -> list[np.ndarray]:
     params = runs.load_run(workdir).params
     return [np.asarray(leaf) for leaf in jax.tree.leaves(jax.device_get(params))]
@@ -84,10 +91,28 @@ def test_sigterm_saves_the_current_step_and_resume_continues_from_it(tiny_data_d
     assert _logged_steps(tmp_path)[len(logged):] == [saved + 1, saved + 2]
 
 
-def test_sigkill_mid_run_then_restart_is_bit_identical(tiny_data_dir, tmp_path):
+@pytest.fixture(scope="module")
+def reference(tiny_data_dir, tmp_path_factory):
+    """An uninterrupted 30-step run (the SIGKILL test's reference) and, launched on its workdir while it holds it,
+    a second run that must be refused: (workdir, overrides, the first process, the second one's exit code). The
+    first is stopped (SIGSTOP: alive, lock held) while the second runs, so a first run that finishes before the
+    second reaches the lock cannot make the check pass or fail by chance; it then continues (SIGCONT)."""
+    workdir = tmp_path_factory.mktemp("reference") / "run"
     overrides = _overrides(tiny_data_dir, num_steps=30, every=5)
-    reference = _start(tmp_path / "reference", overrides)
-    assert reference.wait(timeout=300) == 0, _tail(reference)
+    first = _start(workdir, overrides)
+    _wait_for(lambda: f'"pid": {first.pid},' in _read(workdir / "lock.json"), first)  # flocked and written
+    first.send_signal(signal.SIGSTOP)
+    try:
+        second = _start(workdir, overrides)
+        refused = second.wait(timeout=240)
+    finally:
+        first.send_signal(signal.SIGCONT)
+    assert first.wait(timeout=300) == 0, _tail(first)
+    return workdir, overrides, first, refused
+
+
+def test_sigkill_mid_run_then_restart_is_bit_identical(reference, tmp_path):
+    reference_dir, overrides, _, _ = reference
     killed = _start(tmp_path / "killed", overrides)
     _wait_for(lambda: max(_steps_on_disk(tmp_path / "killed"), default=0) >= 10, killed)
     killed.send_signal(signal.SIGKILL)
@@ -95,24 +120,20 @@ def test_sigkill_mid_run_then_restart_is_bit_identical(tiny_data_dir, tmp_path):
     assert max(_steps_on_disk(tmp_path / "killed")) < 30
     restarted = _start(tmp_path / "killed", overrides)
     assert restarted.wait(timeout=300) == 0, _tail(restarted)
-    for got, want in zip(_final_params(tmp_path / "killed"),
-                         _final_params(tmp_path / "reference"), strict=True):
+    for got, want in zip(_final_params(tmp_path / "killed"), _final_params(reference_dir), strict=True):
         np.testing.assert_array_equal(got, want)
-    assert _logged_steps(tmp_path / "killed") == _logged_steps(tmp_path / "reference") == list(range(1, 31))
+    assert _logged_steps(tmp_path / "killed") == _logged_steps(reference_dir) == list(range(1, 31))
 
 
-def test_a_second_run_on_a_held_workdir_is_refused_in_one_line(tiny_data_dir, tmp_path):
-    overrides = _overrides(tiny_data_dir, num_steps=6, every=3)
-    first = _start(tmp_path / "run", overrides)
-    _wait_for(lambda: (tmp_path / "run" / "lock.json").exists(), first)
-    second = _start(tmp_path / "run", overrides)
-    assert second.wait(timeout=240) == 1
-    assert first.wait(timeout=300) == 0, _tail(first)
+def test_a_second_run_on_a_held_workdir_is_refused_in_one_line(reference):
+    """The second run launched on the reference's workdir while it trained (the fixture) exited 1 in one line."""
+    workdir, _, first, refused = reference
+    assert refused == 1
     errors = [line for line in first.log.read_text().splitlines() if line.startswith("error:")]  # one shared log
-    assert len(errors) == 1 and f"--workdir {tmp_path / 'run'} is in use by another training run" in errors[0]
+    assert len(errors) == 1 and f"--workdir {workdir} is in use by another training run" in errors[0]
     assert f"pid {first.pid}" in errors[0]
-    assert _logged_steps(tmp_path / "run") == [1, 2, 3, 4, 5, 6]  # each step once
-    assert not list((tmp_path / "run").rglob("*orbax-checkpoint-tmp*"))
+    assert _logged_steps(workdir) == list(range(1, 31))  # each step once: the refused run wrote none
+    assert not list(workdir.rglob("*orbax-checkpoint-tmp*"))
 
 
 def test_several_hosts_ask_the_coordination_service_not_a_collective(monkeypatch):
