@@ -141,7 +141,7 @@ def test_head_lr_scale_multiplies_the_domain_heads_update_and_nothing_else():
 
 def test_the_confusion_adversary_trains_the_head_on_detached_features_and_the_encoder_towards_uniform():
     config, key = _site_dann_config(), jax.random.key(7)
-    config.dann.adversary, config.objectives = "confusion", ("dann",)
+    config.dann.adversary, config.objectives, config.dann.weight = "confusion", ("dann",), 1.0
     graphdef, params = _model(config)
     batch = _labelled(config, np.zeros(16, np.int64), np.array([0, 1, 2, 0] * 4))
     step = 10
