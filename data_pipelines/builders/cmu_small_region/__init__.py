@@ -22,7 +22,13 @@ def build_dataset(
     A no-op when already built. The files are byte-identical from build to build and process to process.
     Returns the version directory.
     """
-    builder = Builder(config=config or f"tile{tile_size}", data_dir=str(data_dir), file_format="array_record")
+    return prepare_from_slide(Builder(config=config or f"tile{tile_size}", data_dir=str(data_dir),
+                                      file_format="array_record"))
+
+
+def prepare_from_slide(builder) -> pathlib.Path:
+    """Build an embedded-slide data set (this one, cmu_magnification) once: a no-op when built; a missing slide
+    raises SlideMissingError with the pip fix. Returns the version directory."""
     if (pathlib.Path(builder.data_dir) / "dataset_info.json").is_file():
         return pathlib.Path(builder.data_dir)
     try:
