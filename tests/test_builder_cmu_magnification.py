@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
-from skimage.feature import local_binary_pattern
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import make_pipeline
@@ -24,6 +23,7 @@ from sklearn.preprocessing import StandardScaler
 from data_pipelines import build, magnification, tiling
 from data_pipelines.builders.cmu_magnification import Builder, CmuMagnificationConfig, build_dataset
 from data_pipelines.builders.cmu_magnification import cmu_magnification_dataset_builder as module
+from tests.test_tiling import texture_features  # the texture probe of the label's docstring measurements
 
 MAGS = magnification.MAGNIFICATIONS
 TILE = 32
@@ -185,21 +185,6 @@ def colour_features(images: np.ndarray) -> np.ndarray:
     offset = (images.shape[1] - crop) // 2
     pixels = images[:, offset : offset + crop, offset : offset + crop].reshape(len(images), -1, 3)
     return np.concatenate([pixels.mean(1), pixels.std(1)], axis=1).astype(np.float64)
-
-
-def texture_features(images: np.ndarray) -> np.ndarray:
-    """Uniform LBP histograms (P, R = 8,1 / 8,2 / 16,3) and an 8-bin gradient-magnitude histogram (44 values)."""
-    rows = []
-    for tile in images:
-        grey = tile.astype(np.float64).mean(-1)
-        hists = []
-        for points, radius in ((8, 1), (8, 2), (16, 3)):
-            codes = local_binary_pattern(grey.astype(np.uint8), points, radius, "uniform").astype(int)
-            hists.append(np.bincount(codes.ravel(), minlength=points + 2) / grey.size)
-        grad_y, grad_x = np.gradient(grey / 255.0)
-        hists.append(np.histogram(np.hypot(grad_x, grad_y), bins=8, range=(0.0, 0.3))[0] / grey.size)
-        rows.append(np.concatenate(hists))
-    return np.asarray(rows)
 
 
 def probe_auc(train_x, train_y, test_x, test_y) -> float:

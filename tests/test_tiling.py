@@ -142,7 +142,8 @@ def _colour_features(images: np.ndarray) -> np.ndarray:
     return np.concatenate([pixels.mean(1), pixels.std(1)], axis=1)
 
 
-def _texture_features(images: np.ndarray) -> np.ndarray:
+def texture_features(images: np.ndarray) -> np.ndarray:
+    """Uniform LBP histograms (P, R = 8,1 / 8,2 / 16,3) and an 8-bin gradient-magnitude histogram (44 values)."""
     rows = []
     for tile in images:
         grey = tile.astype(np.float64).mean(-1)
@@ -169,5 +170,5 @@ def test_proxy_label_needs_structure_not_colour(default_split):
         model.fit(features(train.images), y_train)
         return roc_auc_score(y_heldout, model.predict_proba(features(heldout.images))[:, 1])
 
-    colour_auc, texture_auc = probe_auc(_colour_features), probe_auc(_texture_features)
+    colour_auc, texture_auc = probe_auc(_colour_features), probe_auc(texture_features)
     assert colour_auc < 0.75 and texture_auc > 0.85 and texture_auc - colour_auc > 0.15, (colour_auc, texture_auc)
