@@ -18,9 +18,10 @@ paper's input) is built on first use.
     python -m lmc_jax.main --config configs/breakhis_lomo.py --workdir runs/breakhis_lomo \\
         --config.data.manual_dir=/data/BreaKHis
 
-Runtime: not measured on the archive (no copy on the machines this was built on): 4 folds × 5 trainings of
-ViT-S/16 at 224 px for 3,000 steps (batch 128) plus one DCGAN per fold; plan on one H200 or a v4-8 for a few
-hours. The replica run of tests/test_lomo_mode.py exercises the whole path on a tiny tree. Published (the paper,
+Runtime, estimated from compiled FLOPs (not measured; BENCHMARKS.md "Expected runtimes of the real-archive
+configs"): 4 folds × 5 trainings of ViT-S/16 at 224 px for 3,000 steps (batch 128), one DCGAN and one fine-tuning
+per fold, 3.7e17 FLOPs in all: at 16-40% MFU 39-15 min on one H200 and 35-14 min on a TPU v4-8 (accelerator time
+only). The replica run of tests/test_lomo_mode.py exercises the whole path on a tiny tree. Published (the paper,
 ResNet-class models): the domain-general model has the best discrimination (clearest with 200X held out), Brier
 0.063 vs 0.089, signatures 306 vs 1,074 dims at AUC 0.967 vs 0.965; this config's own result: not yet known.
 """

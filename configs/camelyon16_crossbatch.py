@@ -14,9 +14,12 @@ training/lesion_annotations/*.xml (or lesion_annotations.zip); the tile96 data s
     python -m lmc_jax.main --config configs/camelyon16_crossbatch.py --workdir runs/c16_crossbatch \\
         --config.data.manual_dir=/data/CAMELYON16
 
-Writes the usual workdir (checkpoints, references/geometric_only, eval/metrics.json, report.md). Runtime: not
-measured on the full data set. The tiny replica of tests/test_experiment_configs.py (8 slides, ViT-mu/8, 2 steps,
-one normaliser row of the six) takes 2.5 min wall on a 2-core CPU shared with other jobs; all six rows took 10 min.
+Writes the usual workdir (checkpoints, references/geometric_only, eval/metrics.json, report.md).
+Runtime, estimated from compiled FLOPs (not measured; BENCHMARKS.md "Expected runtimes of the real-archive
+configs"): 5.1e16 FLOPs, at 16-40% MFU 5.4-2.2 min on one H200 and 4.9-1.9 min on a TPU v4-8 (accelerator time only;
+normalisers and suite on the host not counted). The tiny replica of tests/test_experiment_configs.py (8 slides,
+ViT-mu/8, 2 steps, one normaliser row of the six) takes 2.5 min wall on a 2-core CPU shared with other jobs; all six
+rows took 10 min.
 Result: not yet known.
 """
 

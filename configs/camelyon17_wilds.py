@@ -16,9 +16,11 @@ them; the tile96 data set is built from it on first use.
         --config.data.manual_dir=/data/camelyon17_v1.0
 
 Writes WORKDIR/seed_<s>/ (one training run per seed) and WORKDIR/leaderboard.{json,md}.
-Runtime: not measured on the full data set (no copy on the machines this was built on). The tiny replica of
-tests/test_experiment_configs.py (60 patches, ViT-mu/8, 2 seeds × 2 steps, 2 fine-tune steps each) takes 110 s
-wall on a 2-core CPU shared with other jobs. Result: not yet known (the replica's random pixels and labels give chance accuracy).
+Runtime, estimated from compiled FLOPs (not measured; BENCHMARKS.md "Expected runtimes of the real-archive
+configs"): 3.2e17 FLOPs, at 16-40% MFU 33-13 min on one H200 and 30-12 min on a TPU v4-8 (accelerator time only).
+The tiny replica of tests/test_experiment_configs.py (60 patches, ViT-mu/8, 2 seeds × 2 steps, 2 fine-tune steps
+each) takes 110 s wall on a 2-core CPU shared with other jobs. Result: not yet known (the replica's random pixels
+and labels give chance accuracy).
 """
 
 import os

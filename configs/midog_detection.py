@@ -18,9 +18,10 @@ from https://zenodo.org/record/4643381. The tile data set is built from it on fi
     # a trained run instead of training here: --config.detection.checkpoint=runs/midog_lmc
 
 Writes WORKDIR/detection/results.json and results.md (rows × scanners F1, unseen mean, threshold).
-Runtime: not measured on the full data set (no MIDOG copy on the machines this was built on). On the tiny MIDOG
-replica (tests/test_experiment_configs.py: 2 images per scanner, ViT-mu/8, 2 LMC steps) the run takes about one
-CPU-minute (60 s user time; 2.5 min wall on a 2-core machine shared with other jobs).
+Runtime, estimated from compiled FLOPs (not measured; BENCHMARKS.md "Expected runtimes of the real-archive
+configs"): 3.5e16 FLOPs, at 16-40% MFU 3.7-1.5 min on one H200 and 3.3-1.3 min on a TPU v4-8 (accelerator time
+only). On the tiny MIDOG replica (tests/test_experiment_configs.py: 2 images per scanner, ViT-mu/8, 2 LMC steps) the
+run takes about one CPU-minute (60 s user time; 2.5 min wall on a 2-core machine shared with other jobs).
 Result on MIDOG: not yet known. On the replica (painted nuclei, 20 LMC steps, 200 head steps; not evidence about real
 data) F1 source / S360 / CS2: geometric_only 0.667 / 1.000 / 0.667, macenko+geometric_only 0.667 / 1.000 / 0.667,
 lmc 1.000 / 1.000 / 1.000.

@@ -33,8 +33,9 @@ def peak_flops(device: jax.Device) -> float | None:
     return PEAK_FLOPS_BF16[max(matches, key=len)] if matches else None
 
 
-def compiled_flops(compiled: jax.stages.Compiled) -> float | None:
-    """FLOPs of one call of a compiled (per-device, SPMD-partitioned) program, from XLA's cost analysis."""
+def compiled_flops(compiled: jax.stages.Compiled | jax.stages.Lowered) -> float | None:
+    """FLOPs of one call of a compiled (per-device, SPMD-partitioned) program, from XLA's cost analysis; of a
+    lowered one (not compiled: the unoptimised program, for shapes too costly to compile here) likewise."""
     cost = compiled.cost_analysis()
     if isinstance(cost, (list, tuple)):
         cost = cost[0] if cost else None
@@ -58,6 +59,13 @@ def required_rate(flops_per_item: float, peak: float, utilisation: float = 0.4) 
         raise ValueError(f"need flops_per_item > 0, peak > 0 and 0 < utilisation ≤ 1; got {flops_per_item}, "
                          f"{peak}, {utilisation}")
     return utilisation * peak / flops_per_item
+
+
+def seconds_at(flops: float, peak: float, utilisation: float) -> float:
+    """Wall seconds `flops` FLOPs take on a device of `peak` FLOP/s running at `utilisation` of its peak."""
+    if flops < 0 or peak <= 0 or not 0 < utilisation <= 1:
+        raise ValueError(f"need flops ≥ 0, peak > 0 and 0 < utilisation ≤ 1; got {flops}, {peak}, {utilisation}")
+    return flops / (utilisation * peak)
 
 
 def cpu_model() -> str:

@@ -1,5 +1,6 @@
-"""The benchmark scripts run: benchmarks/accelerator.py --tiny on the CPU (every section, one JSON + markdown), and
-benchmarks/input_pipeline.py's shard writing and reading."""
+"""The benchmark scripts run: benchmarks/accelerator.py --tiny on the CPU (every section, one JSON + markdown),
+benchmarks/input_pipeline.py's shard writing and reading, and benchmarks/config_runtime.py --tiny (every config's
+bill)."""
 
 import importlib.util
 import json
@@ -51,3 +52,27 @@ def test_input_pipeline_benchmark_reads_back_the_shards_it_writes(tmp_path, enco
         np.testing.assert_array_equal(image, tiles[3])
     rate, per_core = bench.pipeline_rate(source, workers=0, batches=1, repeats=1)
     assert rate > 0 and per_core > 0
+
+
+def test_config_runtime_tiny_bills_every_config(tmp_path):
+    bench = _load("config_runtime")
+    result = bench.main(["--tiny", "--out", str(tmp_path)])
+    assert json.loads((tmp_path / "config_runtime.json").read_text())["configs"].keys() == set(bench.CONFIGS)
+    table = (tmp_path / "config_runtime.md").read_text()
+    (h200, h200_peak), (v4, v4_peak) = bench.HARDWARE.items()
+    for name, bill in result["configs"].items():
+        assert f"| {name} | ViT-mu/8 |" in table
+        assert all(item["count"] > 0 and item["flops_each"] > 0 for item in bill["items"]), name
+        assert bill["train_flops"] > 0 and bill["eval_flops"] > 0
+        assert bill["total_flops"] == pytest.approx(sum(item["flops"] for item in bill["items"]))
+        slow, fast = (bill["hours"][h200][f"{u:.0%}"] for u in bench.UTILISATIONS)
+        assert slow * bench.UTILISATIONS[0] == pytest.approx(fast * bench.UTILISATIONS[1])
+        assert bill["hours"][v4]["40%"] == pytest.approx(fast * h200_peak / v4_peak)
+        assert fast * 3600 * 0.4 * h200_peak == pytest.approx(bill["total_flops"])
+    # the costed programs agree with each other: an LMC step (K=2 views of batch_size tiles, forward + backward)
+    # costs 2-5 forwards per view of the evaluation encoder, and twice the views of the supervised K=1 step
+    lomo = {item["what"].split(":")[0]: item for item in result["configs"]["breakhis_lomo"]["items"]}
+    forward = lomo["lmc selection"]["flops_each"]
+    views = 2 * bench.TINY["batch_size"]
+    assert 2 < lomo["lmc"]["flops_each"] / (views * forward) < 5
+    assert 1.5 < lomo["lmc"]["flops_each"] / lomo["baseline"]["flops_each"] < 2.5
