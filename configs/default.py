@@ -22,6 +22,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.seed = 0  # model init, augmentation keys and data shuffling
     config.resume = True  # continue from the newest checkpoint in --workdir when there is one
     config.init_from = ""  # "timm:/path/model.safetensors" (or .bin/.pth): start the encoder from timm ViT weights
+    config.compilation_cache_dir = "compilation_cache"  # JAX's persistent XLA cache: relative = under --workdir, absolute = shared by runs; "" = off; $JAX_COMPILATION_CACHE_DIR wins
 
     # Data
     config.data = ml_collections.ConfigDict()

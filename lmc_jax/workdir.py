@@ -36,7 +36,7 @@ CONFIG = "config.json"
 PREVIOUS = "previous-"  # prefix of the folders `move_aside` makes
 HEARTBEAT_SEC = 60.0  # how often a holder rewrites its lock record's heartbeat
 STALE_AFTER_SEC = 15 * 60.0  # another host's lock with no heartbeat for this long is stale (taken over)
-IGNORED_KEYS = ("resume",)  # keys that say how to start, not what the run is
+IGNORED_KEYS = ("resume", "compilation_cache_dir")  # keys that say how to start, not what the run is
 
 
 class WorkdirError(UserError):

@@ -155,3 +155,20 @@ def test_orbax_temporaries_are_moved_aside_and_steps_kept(tiny_data_dir, run):
     (aside,) = (run / "checkpoints" / checkpoint.LEFTOVERS).iterdir()
     assert sorted(p.name for p in aside.iterdir()) == ["4__state.orbax-checkpoint-tmp-99", "6.orbax-checkpoint-tmp-1234"]
     assert _steps(run) == ["2", "4", checkpoint.LEFTOVERS]
+
+
+def test_compilation_cache_dir_resolves_under_the_workdir_and_yields_to_the_environment(tmp_path):
+    from lmc_jax.modes import compilation_cache_dir
+
+    assert compilation_cache_dir("compilation_cache", tmp_path, {}) == str(tmp_path / "compilation_cache")
+    assert compilation_cache_dir("/shared/xla", tmp_path, {}) == "/shared/xla"
+    assert compilation_cache_dir("gs://bucket/xla", tmp_path, {}) == "gs://bucket/xla"
+    assert compilation_cache_dir("", tmp_path, {}) == ""
+    assert compilation_cache_dir("compilation_cache", tmp_path, {"JAX_COMPILATION_CACHE_DIR": "/env"}) == "/env"
+
+
+def test_a_changed_compilation_cache_dir_does_not_count_as_a_config_change(tmp_path):
+    config = _config(tmp_path)
+    (tmp_path / workdir.CONFIG).write_text(json.dumps(config.to_dict()))
+    config.compilation_cache_dir = "/elsewhere"
+    assert workdir.differing_keys(json.loads((tmp_path / workdir.CONFIG).read_text()), config) == []
