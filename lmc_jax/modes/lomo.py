@@ -103,13 +103,15 @@ def _embed_roles(features: Callable[[np.ndarray], np.ndarray], fold: Fold) -> tu
 def _best(fold: Fold, directory: epath.Path, score_run: Callable[[runs.Run], tuple[Scored, float]]) -> Scored:
     """The saved checkpoint whose validation AUC is highest (the earliest on ties), scored."""
     checkpoints = sorted(int(p.name) for p in (directory / runs.CHECKPOINTS).iterdir() if p.name.isdigit())
-    best, best_auc, history = None, -np.inf, []
+    best, best_auc, history, started = None, -np.inf, [], time.perf_counter()
     for step in checkpoints:
         run = runs.load_run(directory, step=step, use_ema=fold.config.eval.use_ema, mesh=fold.mesh)
         scored, val_auc = score_run(run)
         history.append([step, val_auc])
         if val_auc > best_auc:
             best, best_auc = scored, val_auc
+    logging.info("fold %s, %s: %d candidates scored in %.0f s", fold.held_out, directory.name, len(checkpoints),
+                 time.perf_counter() - started)
     return dataclasses.replace(best, selected={**best.selected, "candidates": history})
 
 
@@ -163,13 +165,14 @@ def _finetune_scores(fold: Fold, name: str, config: ml_collections.ConfigDict) -
         _train(fold, "lmc", config)
     run = runs.load_run(base, use_ema=config.eval.use_ema, mesh=fold.mesh)
     encoder_def, encoder_params = nnx.split(nnx.merge(run.graphdef, run.params).encoder)
-    lomo_cfg = config.lomo
+    lomo_cfg, started = config.lomo, time.perf_counter()
     tuned = finetune.finetune(encoder_def, encoder_params, run.crop_size, fold.fit, fold.val,
                               num_steps=lomo_cfg.finetune_steps, batch_size=config.batch_size,
                               learning_rate=lomo_cfg.finetune_learning_rate,
                               weight_decay=config.optimizer.weight_decay,
                               eval_every=max(1, lomo_cfg.finetune_steps // lomo_cfg.candidates),
                               eval_batch_size=config.eval.batch_size, seed=config.seed)
+    logging.info("fold %s, %s: fine-tuned in %.0f s", fold.held_out, name, time.perf_counter() - started)
     batch = config.eval.batch_size
     features = lambda images: tuned.features(images, batch)  # noqa: E731
     x_fit, x_val, x_test = _embed_roles(features, fold)
@@ -185,8 +188,10 @@ def _dcgan_scores(fold: Fold, name: str, config: ml_collections.ConfigDict) -> S
     if (fold.directory / "baseline" / runs.CHECKPOINTS).is_dir():  # FD of samples on the baseline's encoder
         run = runs.load_run(fold.directory / "baseline", use_ema=config.eval.use_ema, mesh=fold.mesh)
         features = run_features(run, fold.config, fold.mesh)
+    started = time.perf_counter()
     bank = dcgan.run(config, fold.fit["image"], fold.fit["label"], config.supervised.num_classes, stage,
                      config.seed, features_fn=features)
+    logging.info("fold %s, %s: generator trained in %.0f s", fold.held_out, name, time.perf_counter() - started)
     return _head_scores(fold, name, _supervised(config, **{"dcgan.ratio": config.lomo.dcgan_ratio,
                                                           "dcgan.bank_path": str(bank)}))
 
@@ -280,6 +285,7 @@ def run(config: ml_collections.ConfigDict, workdir: epath.Path | None) -> dict:
     for fold in folds(config, workdir, mesh):
         logging.info("fold %s: %d fit, %d validation, %d test tiles", fold.held_out, len(fold.fit["label"]),
                      len(fold.val["label"]), len(fold.test["label"]))
+        started = time.perf_counter()
         for name in config.lomo.models:
             scored = MODELS[name].score(fold, name, fold.config)
             selected[name][fold.held_out] = scored.selected
@@ -289,6 +295,7 @@ def run(config: ml_collections.ConfigDict, workdir: epath.Path | None) -> dict:
                 x_test=scored.x_test, x_val=scored.x_val, x_fit=scored.x_fit, y_fit=fold.fit["label"],
                 patients_fit=fold.fit["region"], d_fit=fold.fit["site"], d_val=fold.val["site"],
                 domain_head_accuracy=scored.domain_head_accuracy))
+        logging.info("fold %s: every model done in %.0f s", fold.held_out, time.perf_counter() - started)
     settings = lomo.LomoSettings(replicates=config.eval.bootstrap_replicates, num_bins=config.eval.ece_bins,
                                  tolerance=config.lomo.signature_tolerance, l2=config.eval.probe_l2,
                                  seed=config.seed)
