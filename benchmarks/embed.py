@@ -31,14 +31,12 @@ from absl import flags  # noqa: E402
 flags.FLAGS.mark_as_parsed()
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import lmc_jax  # noqa: E402
 from data_pipelines.tiling import locate_cmu_slide  # noqa: E402
-from lmc_jax import parallel, runs, slides, train  # noqa: E402
-from lmc_jax.checkpoint import Checkpointer  # noqa: E402
+from lmc_jax import runs, slides  # noqa: E402
 from lmc_jax.modes import embed as embed_mode  # noqa: E402
 from lmc_jax.stain import tile_io  # noqa: E402
 
@@ -52,16 +50,7 @@ def random_run(workdir: pathlib.Path, variant: str, crop: int) -> pathlib.Path:
     """A workdir of configs/default.py's config with `variant` at `crop` px holding random weights (no training)."""
     config = default_config()
     config.model.variant, config.data.crop_size, config.data.tile_size = variant, crop, crop
-    trainer = train.make_trainer(config, parallel.make_mesh(1, 1, devices=jax.local_devices()[:1]))
-    rng = np.random.default_rng(0)
-    state = jax.tree.map(lambda leaf: rng.normal(0.0, 0.02, leaf.shape).astype(leaf.dtype)
-                         if jnp.issubdtype(leaf.dtype, jnp.floating) else np.zeros(leaf.shape, leaf.dtype),
-                         train.abstract_state(trainer))
-    checkpointer = Checkpointer(workdir / runs.CHECKPOINTS, async_save=False)
-    checkpointer.save(1, state, None, {})
-    checkpointer.close()
-    (workdir / runs.CONFIG).write_text(config.to_json_best_effort(indent=2))
-    return workdir
+    return pathlib.Path(runs.write_random_run(workdir, config))
 
 
 def median_rate(work, count: int, repeats: int) -> float:

@@ -27,7 +27,7 @@ from etils import epath
 from flax import nnx
 from PIL import Image, ImageDraw
 
-from lmc_jax.errors import ConfigError, UserError, require
+from lmc_jax.errors import ConfigError, DivergedError, UserError, require
 from lmc_jax.evaluate.kernels.separation import frechet_distance, standardize
 from lmc_jax.models.dcgan import BN_MOMENTUM, Discriminator, Generator, num_levels
 
@@ -52,8 +52,6 @@ _FOLDER = "dcgan"
 _FAST_COMPILE = {"xla_backend_optimization_level": 0}
 
 
-class GanDivergedError(UserError, FloatingPointError):
-    """A non-finite GAN loss; the message names the step and the fix."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -287,11 +285,11 @@ def train(images: np.ndarray, labels: np.ndarray, *, num_classes: int, cfg: ml_c
 
 
 def _check_finite(rows: list[dict], first_step: int, cfg: ml_collections.ConfigDict) -> None:
-    """Raises GanDivergedError naming the first step (0-based) whose losses are not finite, and the fix."""
+    """Raises DivergedError naming the first step (0-based) whose losses are not finite, and the fix."""
     for offset, row in enumerate(rows):
         bad = [f"{name}={float(row[name])}" for name in ("d_loss", "g_loss") if not np.isfinite(row[name])]
         if bad:
-            raise GanDivergedError(f"DCGAN step {first_step + offset}: {', '.join(bad)} is not finite; rerun with a "
+            raise DivergedError(f"DCGAN step {first_step + offset}: {', '.join(bad)} is not finite; rerun with a "
                                    "lower learning rate (e.g. "
                                    f"--config.dcgan.learning_rate={cfg.learning_rate / 4:g}).")
 

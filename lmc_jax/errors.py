@@ -14,6 +14,11 @@ class ConfigError(UserError):
     """A config value that cannot work."""
 
 
+class DivergedError(UserError, FloatingPointError):
+    """A non-finite loss or runaway weights (a training run or the DCGAN's); nothing diverged was checkpointed.
+    The message names the step and the fix."""
+
+
 def require(condition: bool, key: str, value, fix: str, error: type[UserError] = UserError) -> None:
     """Raises `error("config.<key>=<value!r>: <fix>")` unless `condition` holds."""
     if not condition:

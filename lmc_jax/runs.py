@@ -2,7 +2,7 @@
 
 Evaluation, export, extra encoders of the methods table and every later consumer load a run through
 `load_run`, so they all score and ship the same arrays. Reading never creates or changes anything in
-the run directory.
+the run directory. `write_random_run` writes the opposite: a loadable run of random weights (benchmarks, tests).
 """
 
 from __future__ import annotations
@@ -11,7 +11,9 @@ import dataclasses
 import json
 
 import jax
+import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from etils import epath
 from flax import nnx
 
@@ -105,3 +107,20 @@ def initial_params(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -
     """(graphdef, params) of `config`'s model at initialisation (the 'untrained' reference, training's seed)."""
     trainer = train.make_trainer(config, mesh)
     return trainer.graphdef, train.init_state(trainer)["params"]
+
+
+def write_random_run(workdir: epath.PathLike, config: ml_collections.ConfigDict, seed: int = 0,
+                     scale: float = 0.02) -> epath.Path:
+    """A run directory (config.json + checkpoint of step 1) of `config` whose weights are N(0, scale²) draws,
+    written without training or compiling (seconds): what `load_run`, `lmc_jax.load` and mode=embed read."""
+    workdir = epath.Path(workdir)
+    trainer = train.make_trainer(config, parallel.make_mesh(1, 1, devices=jax.local_devices()[:1]))
+    rng = np.random.default_rng(seed)
+    state = jax.tree.map(lambda leaf: rng.normal(0.0, scale, leaf.shape).astype(leaf.dtype)
+                         if jnp.issubdtype(leaf.dtype, jnp.floating) else np.zeros(leaf.shape, leaf.dtype),
+                         train.abstract_state(trainer))
+    checkpointer = Checkpointer(workdir / CHECKPOINTS, async_save=False)
+    checkpointer.save(1, state, None, {})
+    checkpointer.close()
+    (workdir / CONFIG).write_text(config.to_json_best_effort(indent=2))
+    return workdir

@@ -31,7 +31,7 @@ from jax.experimental import multihost_utils
 from data_pipelines import input_pipeline
 from lmc_jax import objectives, parallel, workdir as workdir_lib
 from lmc_jax.checkpoint import Checkpointer, abstract_like
-from lmc_jax.errors import UserError
+from lmc_jax.errors import DivergedError, UserError
 from lmc_jax.export.load import apply_init_from
 from lmc_jax.models.vit import build_model
 from lmc_jax.optim import make_optimizer
@@ -44,10 +44,6 @@ Batch = dict[str, jax.Array]  # a global train batch: image uint8 [B, T, T, 3]; 
 BATCH_KEYS = ("image", "label", "site")  # what the loop puts on the device: the terms read labels and sites
 DIVERGENCE_FACTOR = 1e3  # diverged: max |weight| > DIVERGENCE_FACTOR × max(1, max |weight| at initialisation)
 
-
-class DivergedError(UserError, FloatingPointError):
-    """A non-finite loss or runaway weights; the state was not checkpointed. The message names the step, the
-    newest (good) checkpoint and the fix."""
 
 @dataclasses.dataclass(frozen=True)
 class Trainer:

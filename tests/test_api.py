@@ -9,7 +9,6 @@ import subprocess
 import sys
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
@@ -18,8 +17,7 @@ from PIL import Image
 import lmc_jax
 from configs.export import get_config as export_config
 from data_pipelines.tiling import locate_cmu_slide, read_slide_region
-from lmc_jax import api, parallel, runs, train
-from lmc_jax.checkpoint import Checkpointer
+from lmc_jax import api, parallel, runs
 from lmc_jax.errors import UserError
 from lmc_jax.evaluate.embed import run_features
 from lmc_jax.modes import export as export_mode
@@ -30,19 +28,8 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def make_run(workdir: pathlib.Path, seed: int = 0) -> pathlib.Path:
-    """A training workdir (config.json + checkpoint of step 1) of tiny_config() holding random weights, written
-    without training or compiling (seconds): what `load_run` reads."""
-    config = tiny_config()
-    trainer = train.make_trainer(config, parallel.make_mesh(1, 1, devices=jax.local_devices()[:1]))
-    rng = np.random.default_rng(seed)
-    state = jax.tree.map(lambda leaf: rng.normal(0.0, 0.2, leaf.shape).astype(leaf.dtype)
-                         if jnp.issubdtype(leaf.dtype, jnp.floating) else np.zeros(leaf.shape, leaf.dtype),
-                         train.abstract_state(trainer))
-    checkpointer = Checkpointer(workdir / runs.CHECKPOINTS, async_save=False)
-    checkpointer.save(1, state, None, {})
-    checkpointer.close()
-    (workdir / runs.CONFIG).write_text(config.to_json_best_effort(indent=2))
-    return workdir
+    """A training workdir of tiny_config() holding random weights (runs.write_random_run: no training, seconds)."""
+    return pathlib.Path(runs.write_random_run(workdir, tiny_config(), seed=seed, scale=0.2))
 
 
 def slide_tiles(count: int, size: int) -> np.ndarray:

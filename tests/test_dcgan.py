@@ -18,7 +18,7 @@ from jax import lax
 from PIL import Image
 
 from lmc_jax import dcgan
-from lmc_jax.errors import UserError
+from lmc_jax.errors import DivergedError, UserError
 from lmc_jax.models.dcgan import (Discriminator, DownConv, Generator, UpConv, base_and_levels, channels,
                                   num_levels)
 
@@ -167,7 +167,7 @@ def test_sample_distance(trained):
 
 def test_non_finite_loss_names_the_step():
     images, labels = _toy(64)
-    with pytest.raises(dcgan.GanDivergedError) as error:
+    with pytest.raises(DivergedError) as error:
         dcgan.train(images, labels, num_classes=2, cfg=_cfg(num_steps=30, learning_rate=1e30), seed=0)
     assert "step" in _one_line(error) and "learning_rate" in str(error.value)
 

@@ -15,7 +15,7 @@ import numpy as np
 from etils import epath
 from matplotlib.figure import Figure
 
-_DPI = 110
+DPI = 110
 _MARKERS = "osD^vP*Xhp"
 
 
@@ -57,7 +57,7 @@ def _site_label(site: str, source: str) -> str:
 def plot_projections(projections: Mapping[str, Projection], site_names: list[str], source_site: str,
                      path: epath.PathLike) -> epath.Path:
     """Per method, two PCA panels of the held-out embeddings: coloured by site, then by label."""
-    fig = Figure(figsize=(13.0, 4.2 * len(projections)), dpi=_DPI, layout="constrained")
+    fig = Figure(figsize=(13.0, 4.2 * len(projections)), dpi=DPI, layout="constrained")
     axes = fig.subplots(len(projections), 2, squeeze=False)
     for (ax_site, ax_label), (name, p) in zip(axes, projections.items()):
         xy, sites, labels = np.asarray(p.xy), np.asarray(p.sites), np.asarray(p.labels)
@@ -87,7 +87,7 @@ def _interval(entry: Mapping, metric: str) -> tuple[float, float, float] | None:
     return value, max(value - lo, 0.0), max(hi - value, 0.0)
 
 
-def _dodged_points(ax, methods: Mapping[str, Mapping[str, Mapping]], domains: list[str], metric: str) -> None:
+def dodged_points(ax, methods: Mapping[str, Mapping[str, Mapping]], domains: list[str], metric: str) -> None:
     """One marker series with error bars per method, dodged horizontally around each domain."""
     width = 0.7 / max(len(methods), 1)
     for j, (name, per_domain) in enumerate(methods.items()):
@@ -111,9 +111,9 @@ def plot_auc(metrics: Mapping, path: epath.PathLike) -> epath.Path:
     panels = [("Probe trained on the source site", {n: m["per_site"] for n, m in metrics["methods"].items()})]
     if any(lodo.values()):
         panels.append(("Leave one domain out (patient-disjoint folds)", lodo))
-    fig = Figure(figsize=(max(8.5, 1.3 * len(sites) + 4.5), 4.0 * len(panels)), dpi=_DPI, layout="constrained")
+    fig = Figure(figsize=(max(8.5, 1.3 * len(sites) + 4.5), 4.0 * len(panels)), dpi=DPI, layout="constrained")
     for ax, (title, methods) in zip(fig.subplots(len(panels), 1, squeeze=False)[:, 0], panels):
-        _dodged_points(ax, methods, sites, "auc")
+        dodged_points(ax, methods, sites, "auc")
         ax.axhline(0.5, color="grey", linestyle=":", linewidth=1, label="chance")
         ax.set_xticks(range(len(sites)), [_site_label(s, source) for s in sites], rotation=20, ha="right")
         ax.set(title=f"{title}: ROC AUC with 95% intervals (no bar: no interval, e.g. one patient group)",
@@ -132,7 +132,7 @@ def plot_reliability(metrics: Mapping, path: epath.PathLike) -> epath.Path:
     methods = {n: m.get("reliability", {}) for n, m in metrics["methods"].items()}
     ncols = min(3, len(methods))
     nrows = math.ceil(len(methods) / ncols)
-    fig = Figure(figsize=(4.8 * ncols, 4.6 * nrows), dpi=_DPI, layout="constrained")
+    fig = Figure(figsize=(4.8 * ncols, 4.6 * nrows), dpi=DPI, layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     sites, source = list(metrics["sites"]), metrics["source_site"]
     for ax, (name, curves) in zip(axes, methods.items()):
@@ -165,7 +165,7 @@ def plot_signatures(metrics: Mapping, path: epath.PathLike) -> epath.Path:
     sig = [metrics["methods"][n].get("signature", {}) for n in names]
     share = [s["size"] / s["num_dims"] if s.get("size") is not None else np.nan for s in sig]
     jac = [s["fold_jaccard"] if s.get("fold_jaccard") is not None else np.nan for s in sig]
-    fig = Figure(figsize=(max(8.0, 1.1 * len(names) + 4), 4.2), dpi=_DPI, layout="constrained")
+    fig = Figure(figsize=(max(8.0, 1.1 * len(names) + 4), 4.2), dpi=DPI, layout="constrained")
     ax_size, ax_jac = fig.subplots(1, 2)
     xs = np.arange(len(names))
     colours = [f"C{j % 10}" for j in range(len(names))]

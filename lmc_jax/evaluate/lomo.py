@@ -15,7 +15,7 @@ Per fold (`fold_result`):
 
 Per model (`model_result`): every fold with bootstrap replicates drawn once over the pooled patients of all folds
 (the same resampled patients in every fold, as `protocol.run_protocol` does across domains), so the mean and the
-worst fold get intervals (`protocol._summary`); cross-fold signature Jaccard for every pair of folds.
+worst fold get intervals (`protocol.mean_and_worst`); cross-fold signature Jaccard for every pair of folds.
 `evaluate` runs every model; `table_markdown`, `plot` and `write_report` turn its dict into lomo.md/png/json.
 """
 
@@ -38,7 +38,7 @@ from lmc_jax.evaluate import figures
 from lmc_jax.evaluate.kernels import bootstrap, probe, signatures
 from lmc_jax.evaluate.kernels.calibration import BOUNDS, METRICS, binary_estimates, f1_threshold
 from lmc_jax.evaluate.kernels.padding import bucket
-from lmc_jax.evaluate.kernels.protocol import _summary as mean_and_worst
+from lmc_jax.evaluate.kernels.protocol import mean_and_worst
 from lmc_jax.evaluate.kernels.separation import reference_stats
 from lmc_jax.evaluate.kernels.transfer import DEFAULT_THRESHOLD
 
@@ -228,7 +228,7 @@ def fit_multinomial(x: np.ndarray, labels: np.ndarray, l2: float = 1e-2, *, max_
                     tol: float = 1e-5) -> MultinomialProbe:
     """Multinomial logistic probe of `labels` (any ids, ≥ 2 distinct) from x (N, D), z-scored with x's statistics.
 
-    Damped Newton on the (D + 1)·K parameters (`probe._newton`, the binary probe's solver) until max|grad| < tol.
+    Damped Newton on the (D + 1)·K parameters (`probe.newton`, the binary probe's solver) until max|grad| < tol.
     Same optimum as sklearn `LogisticRegression(C=1/(l2·N))` (multinomial, all K classes penalised) on the same
     z-scored features, up to a common shift of the intercepts (which changes no prediction; the last one is 0).
     """
@@ -250,7 +250,7 @@ def fit_multinomial(x: np.ndarray, labels: np.ndarray, l2: float = 1e-2, *, max_
         value, grad, hess = _softmax_value_grad_hess(jnp.asarray(np.append(free, np.float32(0.0))), *args)
         return np.float64(value), np.asarray(grad, np.float64)[:-1], np.asarray(hess, np.float64)[:-1, :-1]
 
-    free = probe._newton(evaluate, max_iter, tol, np.zeros(d1 * k - 1, np.float32))
+    free = probe.newton(evaluate, max_iter, tol, np.zeros(d1 * k - 1, np.float32))
     theta = np.append(free, np.float32(0.0)).reshape(d1, k)
     return MultinomialProbe(mean, std, theta[:-1], theta[-1], classes)
 
@@ -577,7 +577,7 @@ def plot(results: Mapping, path: epath.PathLike) -> epath.Path:
     """PNG: AUC (with 95% intervals) and Brier per held-out magnification per model, plus the mean over folds."""
     order, folds = results["order"], list(results["folds"])
     columns = folds + ["mean over folds"]
-    fig = Figure(figsize=(max(8.5, 1.4 * len(columns) + 4.5), 8.0), dpi=figures._DPI, layout="constrained")
+    fig = Figure(figsize=(max(8.5, 1.4 * len(columns) + 4.5), 8.0), dpi=figures.DPI, layout="constrained")
     axes = fig.subplots(2, 1)
     for ax, metric, ylabel in ((axes[0], "auc", "ROC AUC"), (axes[1], "brier", "Brier score (lower is better)")):
         methods = {}
@@ -589,7 +589,7 @@ def plot(results: Mapping, path: epath.PathLike) -> epath.Path:
                 entries["mean over folds"] = {metric: o[key], **({"ci": {metric: o["ci"][key]}} if key in o["ci"]
                                                                  else {})}
             methods[name] = entries
-        figures._dodged_points(ax, methods, columns, metric)
+        figures.dodged_points(ax, methods, columns, metric)
         if metric == "auc":
             ax.axhline(0.5, color="grey", linestyle=":", linewidth=1, label="chance")
         ax.axvline(len(folds) - 0.5, color="grey", linewidth=0.8)

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lmc_jax.config_edit import dataclass_from
 from lmc_jax.stain import color, planar
 from lmc_jax.stain import scale as scale_views
 from lmc_jax.stain.scale import ScaleAugConfig
@@ -136,14 +137,7 @@ class StainAugConfig:
     @classmethod
     def from_config(cls, cd: Mapping[str, Any] | Any) -> "StainAugConfig":
         """Build from a ConfigDict/mapping of strengths; missing keys take defaults, unknown keys raise."""
-        values = dict(cd.items())
-        known = sorted(field.name for field in dataclasses.fields(cls))
-        unknown = sorted(set(values) - set(known))
-        if unknown:
-            raise ValueError(
-                f"stain augmentation config: unknown key(s) {unknown}; the known keys are {known}."
-            )
-        return cls(**values)
+        return dataclass_from(cls, cd, "config.lmc.stain")
 
     @property
     def uses_extra(self) -> bool:

@@ -47,6 +47,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from lmc_jax.config_edit import dataclass_from
+
 SCALE_STREAM = 2
 """Tag folded into a view's key for its scale draws (`augment._EXTRA_STREAM` is 1, the main draws use the key)."""
 _ENABLE_KEY = "views"
@@ -84,14 +86,7 @@ class ScaleAugConfig:
     @classmethod
     def from_config(cls, cd: Mapping[str, Any] | Any) -> "ScaleAugConfig":
         """Build from `config.lmc.scale`; its `views` switch is ignored, missing keys take defaults, unknown raise."""
-        values = {name: value for name, value in dict(cd.items()).items() if name != _ENABLE_KEY}
-        known = sorted(field.name for field in dataclasses.fields(cls))
-        unknown = sorted(set(values) - set(known))
-        if unknown:
-            raise ValueError(
-                f"config.lmc.scale: unknown key(s) {unknown}; the known keys are {[_ENABLE_KEY] + known}."
-            )
-        return cls(**values)
+        return dataclass_from(cls, cd, "config.lmc.scale", ignored=(_ENABLE_KEY,))
 
 
 def _gaussian_matrix(size: int, sigma: jax.Array) -> jax.Array:

@@ -91,7 +91,7 @@ def _evaluator(xa: np.ndarray, y: np.ndarray, weight: np.ndarray, l2: np.float32
     return evaluate
 
 
-def _newton(evaluate, max_iter: int, tol: float, theta: np.ndarray) -> np.ndarray:
+def newton(evaluate, max_iter: int, tol: float, theta: np.ndarray) -> np.ndarray:
     """Minimise the objective from `theta` by Newton steps (float64 solve) with Armijo backtracking, until
     max|grad| < tol. One `evaluate` call per accepted step: a trial point's objective comes with its gradient and
     Hessian.
@@ -149,7 +149,7 @@ def fit_logistic(
         theta0[-1] = init.b - np.sum(w_raw * init.mean) + np.sum(w_raw * mean)
     # subsampled-Hessian steps converge linearly: they go on to tol / 100, where exact Newton's last quadratic
     # step lands anyway, so both give the same probe
-    theta = _newton(_evaluator(xa, y_pad, weight, np.float32(l2), n), max_iter,
+    theta = newton(_evaluator(xa, y_pad, weight, np.float32(l2), n), max_iter,
                     tol if n <= NEWTON_HESSIAN_ROWS else tol / 100, theta0)
     return ProbeParams(mean=mean, std=std, w=theta[:-1], b=float(theta[-1]))
 

@@ -97,10 +97,10 @@ def run_protocol(protocol: str, x: np.ndarray, y: np.ndarray, domains: np.ndarra
         if name not in summary_exclude and not (protocol == "cross_site" and d == source):
             targets[name] = estimates
     return {"folds": k, "source": domain_names[source] if protocol == "cross_site" else None,
-            "per_domain": per_domain, "summary": _summary(targets), "notes": notes}
+            "per_domain": per_domain, "summary": mean_and_worst(targets), "notes": notes}
 
 
-def _summary(targets: dict[str, dict[str, bootstrap.Estimate]]) -> dict:
+def mean_and_worst(targets: dict[str, dict[str, bootstrap.Estimate]]) -> dict:
     """Mean and worst (lowest AUC/F1/balanced accuracy, highest Brier/ECE) over target domains, with CIs."""
     values: dict[str, bootstrap.Estimate] = {}
     partial = {}
