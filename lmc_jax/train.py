@@ -243,7 +243,7 @@ def _claim_workdir(lock: workdir_lib.WorkdirLock, config: ml_collections.ConfigD
     lock.acquire()
     try:
         if not config.resume:
-            workdir_lib.move_aside(workdir)
+            workdir_lib.move_aside(workdir, keep=(config.compilation_cache_dir,))  # a relative cache stays
         else:
             workdir_lib.check_config(workdir, config, state_signature, _has_checkpoints(workdir))
     except BaseException:

@@ -122,11 +122,13 @@ def check_config(workdir: epath.PathLike, config: ml_collections.ConfigDict, sig
                     ", ".join(f"{k}: {before.get(k, '<unset>')!r} → {after.get(k, '<unset>')!r}" for k in changed))
 
 
-def move_aside(workdir: epath.PathLike) -> epath.Path | None:
-    """Moves the run in `workdir` (every entry but the lock and earlier `previous-*` folders) to
-    `<workdir>/previous-<UTC timestamp>/`; returns that folder, or None when there was nothing to move."""
+def move_aside(workdir: epath.PathLike, keep: tuple[str, ...] = ()) -> epath.Path | None:
+    """Moves the run in `workdir` (every entry but the lock, earlier `previous-*` folders and the names in `keep`,
+    such as the compilation cache in use) to `<workdir>/previous-<UTC timestamp>/`; returns that folder, or None
+    when there was nothing to move."""
     workdir = epath.Path(workdir)
-    entries = [p for p in workdir.iterdir() if p.name != LOCK and not p.name.startswith(PREVIOUS)]
+    entries = [p for p in workdir.iterdir()
+               if p.name != LOCK and not p.name.startswith(PREVIOUS) and p.name not in keep]
     if not entries:
         return None
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())

@@ -172,3 +172,12 @@ def test_a_changed_compilation_cache_dir_does_not_count_as_a_config_change(tmp_p
     (tmp_path / workdir.CONFIG).write_text(json.dumps(config.to_dict()))
     config.compilation_cache_dir = "/elsewhere"
     assert workdir.differing_keys(json.loads((tmp_path / workdir.CONFIG).read_text()), config) == []
+
+
+def test_move_aside_keeps_the_compilation_cache_in_use(tmp_path):
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "compilation_cache").mkdir()
+    (tmp_path / "compilation_cache" / "entry").write_text("x")
+    target = workdir.move_aside(tmp_path, keep=("compilation_cache",))
+    assert (target / "checkpoints").is_dir() and not (target / "compilation_cache").exists()
+    assert (tmp_path / "compilation_cache" / "entry").read_text() == "x"
