@@ -10,7 +10,7 @@ import sys
 
 process_id, num_processes, port, data_dir, out_path = sys.argv[1:6]
 devices_per_process = 8 // int(num_processes)
-os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices_per_process}"
+os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices_per_process}"
 os.environ["JAX_PLATFORMS"] = "cpu"
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

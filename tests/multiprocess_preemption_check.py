@@ -9,7 +9,7 @@ import os
 import sys
 
 process_id, num_processes, port, data_dir, workdir = sys.argv[1:6]
-os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={8 // int(num_processes)}"
+os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={8 // int(num_processes)}"
 os.environ["JAX_PLATFORMS"] = "cpu"
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
