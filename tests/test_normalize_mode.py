@@ -65,11 +65,15 @@ def test_normalizes_a_folder_and_leaves_the_input_untouched(folder, caplog):
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["tile0.png", "tile1.png", "tile2.png", "tile3.png", "tile4.png", "small.jpg", "scan.tif", "glass.png",
          normalize_mode.LOG_NAME])
-    # PNG is lossless: the file holds exactly the batched transform of the decoded tile
+    # PNG is lossless: the file holds the batched transform of the decoded tile. The mode's batch is another compiled
+    # program than this one-tile call, so a value on a rounding boundary may land one level apart (seen with the
+    # suite's cheap XLA compile: 1 of 12,288); a lossy write would differ in thousands.
     params = macenko.fit(np.asarray(Image.open(folder / "reference.png")))
     tile = np.asarray(Image.open(folder / "in" / "tile2.png"))
     expected, _ = macenko.transform(tile[None], params)
-    np.testing.assert_array_equal(np.asarray(Image.open(out / "tile2.png")), np.asarray(expected[0]))
+    written = np.asarray(Image.open(out / "tile2.png"), int)
+    difference = np.abs(written - np.asarray(expected[0], int))
+    assert difference.max() <= 1 and np.count_nonzero(difference) <= 10, (difference.max(), np.count_nonzero(difference))
     assert np.abs(np.asarray(Image.open(out / "tile2.png"), int) - tile).mean() > 2.0
     assert np.asarray(Image.open(out / "small.jpg")).shape == (40, 48, 3)
     np.testing.assert_array_equal(np.asarray(Image.open(out / "scan.tif")),
