@@ -290,8 +290,8 @@ def _check_finite(rows: list[dict], first_step: int, cfg: ml_collections.ConfigD
         bad = [f"{name}={float(row[name])}" for name in ("d_loss", "g_loss") if not np.isfinite(row[name])]
         if bad:
             raise DivergedError(f"DCGAN step {first_step + offset}: {', '.join(bad)} is not finite; rerun with a "
-                                   "lower learning rate (e.g. "
-                                   f"--config.dcgan.learning_rate={cfg.learning_rate / 4:g}).")
+                                "lower learning rate (e.g. "
+                                f"--config.dcgan.learning_rate={cfg.learning_rate / 4:g}).")
 
 
 # ------------------------------------------------------------------------------------------------ sampling

@@ -18,10 +18,11 @@ fine-tuned end to end with labels, and the raw-colour-statistics probe.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -88,11 +89,18 @@ def _candidates(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
                                 "checkpoint.max_to_keep": count + 1})
 
 
+@contextlib.contextmanager
+def _timed(fold: Fold, what: str) -> Iterator[None]:
+    """Logs "fold <m>, <what> in <s> s" when the block ends: where a study's minutes go."""
+    started = time.perf_counter()
+    yield
+    logging.info("fold %s, %s in %.0f s", fold.held_out, what, time.perf_counter() - started)
+
+
 def _train(fold: Fold, name: str, config: ml_collections.ConfigDict) -> epath.Path:
     directory = fold.directory / name
-    started = time.perf_counter()
-    train.train(_candidates(config), directory, fold.mesh)
-    logging.info("fold %s, %s: trained in %.0f s", fold.held_out, name, time.perf_counter() - started)
+    with _timed(fold, f"{name}: trained"):
+        train.train(_candidates(config), directory, fold.mesh)
     return directory
 
 
@@ -103,15 +111,14 @@ def _embed_roles(features: Callable[[np.ndarray], np.ndarray], fold: Fold) -> tu
 def _best(fold: Fold, directory: epath.Path, score_run: Callable[[runs.Run], tuple[Scored, float]]) -> Scored:
     """The saved checkpoint whose validation AUC is highest (the earliest on ties), scored."""
     checkpoints = sorted(int(p.name) for p in (directory / runs.CHECKPOINTS).iterdir() if p.name.isdigit())
-    best, best_auc, history, started = None, -np.inf, [], time.perf_counter()
-    for step in checkpoints:
-        run = runs.load_run(directory, step=step, use_ema=fold.config.eval.use_ema, mesh=fold.mesh)
-        scored, val_auc = score_run(run)
-        history.append([step, val_auc])
-        if val_auc > best_auc:
-            best, best_auc = scored, val_auc
-    logging.info("fold %s, %s: %d candidates scored in %.0f s", fold.held_out, directory.name, len(checkpoints),
-                 time.perf_counter() - started)
+    best, best_auc, history = None, -np.inf, []
+    with _timed(fold, f"{directory.name}: {len(checkpoints)} candidates scored"):
+        for step in checkpoints:
+            run = runs.load_run(directory, step=step, use_ema=fold.config.eval.use_ema, mesh=fold.mesh)
+            scored, val_auc = score_run(run)
+            history.append([step, val_auc])
+            if val_auc > best_auc:
+                best, best_auc = scored, val_auc
     return dataclasses.replace(best, selected={**best.selected, "candidates": history})
 
 
@@ -165,14 +172,14 @@ def _finetune_scores(fold: Fold, name: str, config: ml_collections.ConfigDict) -
         _train(fold, "lmc", config)
     run = runs.load_run(base, use_ema=config.eval.use_ema, mesh=fold.mesh)
     encoder_def, encoder_params = nnx.split(nnx.merge(run.graphdef, run.params).encoder)
-    lomo_cfg, started = config.lomo, time.perf_counter()
-    tuned = finetune.finetune(encoder_def, encoder_params, run.crop_size, fold.fit, fold.val,
-                              num_steps=lomo_cfg.finetune_steps, batch_size=config.batch_size,
-                              learning_rate=lomo_cfg.finetune_learning_rate,
-                              weight_decay=config.optimizer.weight_decay,
-                              eval_every=max(1, lomo_cfg.finetune_steps // lomo_cfg.candidates),
-                              eval_batch_size=config.eval.batch_size, seed=config.seed)
-    logging.info("fold %s, %s: fine-tuned in %.0f s", fold.held_out, name, time.perf_counter() - started)
+    lomo_cfg = config.lomo
+    with _timed(fold, f"{name}: fine-tuned"):
+        tuned = finetune.finetune(encoder_def, encoder_params, run.crop_size, fold.fit, fold.val,
+                                  num_steps=lomo_cfg.finetune_steps, batch_size=config.batch_size,
+                                  learning_rate=lomo_cfg.finetune_learning_rate,
+                                  weight_decay=config.optimizer.weight_decay,
+                                  eval_every=max(1, lomo_cfg.finetune_steps // lomo_cfg.candidates),
+                                  eval_batch_size=config.eval.batch_size, seed=config.seed)
     batch = config.eval.batch_size
     features = lambda images: tuned.features(images, batch)  # noqa: E731
     x_fit, x_val, x_test = _embed_roles(features, fold)
@@ -188,10 +195,9 @@ def _dcgan_scores(fold: Fold, name: str, config: ml_collections.ConfigDict) -> S
     if (fold.directory / "baseline" / runs.CHECKPOINTS).is_dir():  # FD of samples on the baseline's encoder
         run = runs.load_run(fold.directory / "baseline", use_ema=config.eval.use_ema, mesh=fold.mesh)
         features = run_features(run, fold.config, fold.mesh)
-    started = time.perf_counter()
-    bank = dcgan.run(config, fold.fit["image"], fold.fit["label"], config.supervised.num_classes, stage,
-                     config.seed, features_fn=features)
-    logging.info("fold %s, %s: generator trained in %.0f s", fold.held_out, name, time.perf_counter() - started)
+    with _timed(fold, f"{name}: generator trained"):
+        bank = dcgan.run(config, fold.fit["image"], fold.fit["label"], config.supervised.num_classes, stage,
+                         config.seed, features_fn=features)
     return _head_scores(fold, name, _supervised(config, **{"dcgan.ratio": config.lomo.dcgan_ratio,
                                                           "dcgan.bank_path": str(bank)}))
 
@@ -285,17 +291,16 @@ def run(config: ml_collections.ConfigDict, workdir: epath.Path | None) -> dict:
     for fold in folds(config, workdir, mesh):
         logging.info("fold %s: %d fit, %d validation, %d test tiles", fold.held_out, len(fold.fit["label"]),
                      len(fold.val["label"]), len(fold.test["label"]))
-        started = time.perf_counter()
-        for name in config.lomo.models:
-            scored = MODELS[name].score(fold, name, fold.config)
-            selected[name][fold.held_out] = scored.selected
-            inputs[name].append(lomo.FoldInputs(
-                held_out=fold.held_out, y=fold.test["label"], p=scored.p_test, patients=fold.test["region"],
-                y_val=fold.val["label"], p_val=scored.p_val, patients_val=fold.val["region"],
-                x_test=scored.x_test, x_val=scored.x_val, x_fit=scored.x_fit, y_fit=fold.fit["label"],
-                patients_fit=fold.fit["region"], d_fit=fold.fit["site"], d_val=fold.val["site"],
-                domain_head_accuracy=scored.domain_head_accuracy))
-        logging.info("fold %s: every model done in %.0f s", fold.held_out, time.perf_counter() - started)
+        with _timed(fold, "every model done"):
+            for name in config.lomo.models:
+                scored = MODELS[name].score(fold, name, fold.config)
+                selected[name][fold.held_out] = scored.selected
+                inputs[name].append(lomo.FoldInputs(
+                    held_out=fold.held_out, y=fold.test["label"], p=scored.p_test, patients=fold.test["region"],
+                    y_val=fold.val["label"], p_val=scored.p_val, patients_val=fold.val["region"],
+                    x_test=scored.x_test, x_val=scored.x_val, x_fit=scored.x_fit, y_fit=fold.fit["label"],
+                    patients_fit=fold.fit["region"], d_fit=fold.fit["site"], d_val=fold.val["site"],
+                    domain_head_accuracy=scored.domain_head_accuracy))
     settings = lomo.LomoSettings(replicates=config.eval.bootstrap_replicates, num_bins=config.eval.ece_bins,
                                  tolerance=config.lomo.signature_tolerance, l2=config.eval.probe_l2,
                                  seed=config.seed)

@@ -150,7 +150,7 @@ def fit_logistic(
     # subsampled-Hessian steps converge linearly: they go on to tol / 100, where exact Newton's last quadratic
     # step lands anyway, so both give the same probe
     theta = newton(_evaluator(xa, y_pad, weight, np.float32(l2), n), max_iter,
-                    tol if n <= NEWTON_HESSIAN_ROWS else tol / 100, theta0)
+                   tol if n <= NEWTON_HESSIAN_ROWS else tol / 100, theta0)
     return ProbeParams(mean=mean, std=std, w=theta[:-1], b=float(theta[-1]))
 
 
