@@ -188,9 +188,13 @@ def get_config() -> ml_collections.ConfigDict:
                                            ("lab_shift", "staining"), ("stain_transfer", "staining"))
     config.eval.protocols = ("cross_site", "leave_one_domain_out")  # () disables
     config.eval.protocol_folds = 5  # patient/region-disjoint folds
+    # a protocol probe fit on more rows than this (10^6-row suites) fits a seeded uniform random subset; 0 = all
+    config.eval.protocol_max_fit_rows = 65536
     config.eval.signature_folds = 5  # grouped CV for the L1 signature; 0 skips signatures
     config.eval.signature_lambdas = 20
     config.eval.signature_stability_rounds = 20
+    # more train rows than this: the signature is selected on a seeded random subset of whole groups; 0 = all
+    config.eval.signature_max_rows = 20000
 
     # mode=lomo (lmc_jax/modes/lomo.py): leave-one-site-out training of the second paper's models, one fold per site
     config.lomo = ml_collections.ConfigDict()

@@ -114,3 +114,23 @@ def test_undefined_protocols_say_why():
     assert result["per_domain"]["b"]["undefined"]["all"] == "no fold could score this domain"
     with pytest.raises(ValueError, match="unknown protocol"):
         _run("k_fold", x, y, domains, groups)
+
+
+def test_fit_sets_above_max_fit_rows_are_subsampled(monkeypatch):
+    x, y, domains, groups = _pool(7, per_domain=600, groups_per_domain=30)
+    sizes, fit = [], protocol.fit_source_probe
+
+    def recording(x_fit, *args, **kwargs):
+        sizes.append(len(x_fit))
+        return fit(x_fit, *args, **kwargs)
+
+    monkeypatch.setattr(protocol, "fit_source_probe", recording)
+    full = _run("leave_one_domain_out", x, y, domains, groups)
+    full_sizes, sizes[:] = list(sizes), []
+    sub = _run("leave_one_domain_out", x, y, domains, groups, max_fit_rows=300)
+    assert min(full_sizes) > 300 and sizes == [300] * len(full_sizes) and sub["max_fit_rows"] == 300
+    for name in DOMAINS:  # 300 rows of a 5-dim probe: the same transfer to within sampling noise
+        assert sub["per_domain"][name]["n"] == full["per_domain"][name]["n"]
+        assert sub["per_domain"][name]["auc"] == pytest.approx(full["per_domain"][name]["auc"], abs=0.02)
+    assert _run("leave_one_domain_out", x, y, domains, groups, max_fit_rows=max(full_sizes)) == {
+        **full, "max_fit_rows": max(full_sizes)}

@@ -63,3 +63,17 @@ def test_jaccard_and_undefined_cases():
     constant = signatures.sparse_signature(np.ones((60, 4)), y, None, num_folds=3, num_lambdas=4,
                                            stability_rounds=0, rng=np.random.default_rng(0))
     assert "every dimension is constant" in constant["undefined"]
+
+
+def test_signature_above_max_rows_runs_on_whole_groups_and_finds_the_same_dimensions():
+    x, y = _problem(4, n=3000, d=12, informative=(3, 7))
+    groups = np.arange(3000) % 60
+    kwargs = dict(num_folds=5, num_lambdas=15, stability_rounds=0)
+    full = signatures.sparse_signature(x, y, groups, rng=np.random.default_rng(0), **kwargs)
+    sub = signatures.sparse_signature(x, y, groups, rng=np.random.default_rng(0), max_rows=1000, **kwargs)
+    assert full["rows"] == 3000 and 950 <= sub["rows"] <= 1000  # 50-row groups: 19 or 20 of them
+    assert {3, 7} <= set(sub["dims"]) and sub["C"] == pytest.approx(1.0 / (sub["lambda"] * sub["rows"]))
+    assert signatures.sparse_signature(x, y, groups, rng=np.random.default_rng(0), max_rows=3000, **kwargs) == full
+    rows = signatures.group_subsample(groups, 1000, np.random.default_rng(1))
+    taken = np.unique(groups[rows])
+    assert np.array_equal(rows, np.flatnonzero(np.isin(groups, taken))) and len(rows) <= 1000

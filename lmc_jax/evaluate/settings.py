@@ -34,9 +34,11 @@ class Settings:
     kbet_alpha: float  # kBET test level
     protocols: tuple[str, ...]  # which transfer protocols to run ("cross_site", "leave_one_domain_out")
     protocol_folds: int  # patient-disjoint folds of the protocols
+    protocol_max_fit_rows: int  # a protocol probe's fit set above this many rows: a seeded random subset; 0 = all
     signature_folds: int  # grouped CV folds choosing the L1 strength of the sparse signature; 0 skips signatures
     signature_lambdas: int  # points on the L1 path (λ_max down to λ_max / 100)
     signature_stability_rounds: int  # half-sample refits for selection frequencies; 0 disables
+    signature_max_rows: int  # the signature is selected on at most this many train rows (whole groups); 0 = all
     detection_radius: float  # px; > 0 adds point-detection F1 per site (30.0 = MIDOG's 7.5 µm at 0.25 µm/px)
     plism_max_tiles: int  # shared tiles per site pair for plismbench's scores (its reference subset: 8139)
     ri_neighbors: int  # k of PathoROB's robustness index (PathoROB's default for Camelyon, its 2-class set: 11)
@@ -63,6 +65,10 @@ class Settings:
             "signature_folds": (self.signature_folds == 0 or self.signature_folds >= 2, "must be 0 (skip) or ≥ 2"),
             "signature_lambdas": (self.signature_lambdas >= 2, "must be ≥ 2"),
             "signature_stability_rounds": (self.signature_stability_rounds >= 0, "must be ≥ 0 (0 disables)"),
+            "protocol_max_fit_rows": (self.protocol_max_fit_rows == 0 or self.protocol_max_fit_rows >= 1000,
+                                      "must be 0 (every row) or ≥ 1000"),
+            "signature_max_rows": (self.signature_max_rows == 0 or self.signature_max_rows >= 1000,
+                                   "must be 0 (every row) or ≥ 1000"),
             "detection_radius": (self.detection_radius >= 0,
                                  "must be ≥ 0 px (0 = off; 30.0 for MIDOG at 0.25 µm/px)"),
             "plism_max_tiles": (self.plism_max_tiles >= self.min_site_samples,

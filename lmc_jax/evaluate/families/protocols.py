@@ -33,7 +33,8 @@ def evaluate(inputs: Inputs) -> Result:
     return Result(entries={"protocols": {name: protocol.run_protocol(
         name, x, y, domains, groups, domain_names=ctx.site_names, source=ctx.source_id, num_folds=s.protocol_folds,
         l2=s.probe_l2, num_bins=s.ece_bins, bootstrap_unit=s.bootstrap_unit, max_blocks=s.bootstrap_blocks,
-        replicates=s.bootstrap_replicates, rng=ctx.rng(4, i), summary_exclude=ctx.summary_exclude)
+        replicates=s.bootstrap_replicates, rng=ctx.rng(4, i), summary_exclude=ctx.summary_exclude,
+        max_fit_rows=s.protocol_max_fit_rows)
         for i, name in enumerate(s.protocols)}})
 
 

@@ -19,7 +19,8 @@ def evaluate(inputs: Inputs) -> Result:
     groups = None if m.train_groups is None else np.asarray(m.train_groups)
     return Result(entries={"signature": signatures.sparse_signature(
         np.asarray(m.train), np.asarray(m.train_labels), groups, num_folds=s.signature_folds,
-        num_lambdas=s.signature_lambdas, stability_rounds=s.signature_stability_rounds, rng=inputs.ctx.rng(5))})
+        num_lambdas=s.signature_lambdas, stability_rounds=s.signature_stability_rounds, rng=inputs.ctx.rng(5),
+        max_rows=s.signature_max_rows)})
 
 
 def _table(metrics: Mapping) -> Table:
