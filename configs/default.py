@@ -198,7 +198,7 @@ def get_config() -> ml_collections.ConfigDict:
 
     # mode=lomo (lmc_jax/modes/lomo.py): leave-one-site-out training of the second paper's models, one fold per site
     config.lomo = ml_collections.ConfigDict()
-    config.lomo.models = ("baseline", "dcgan", "domain_general", "lmc", "lmc_scale", "lmc_finetune",
+    config.lomo.models = ("baseline", "dcgan", "domain_general", "lmc", "lmc_scale", "lmc_finetune", "untrained",
                           "raw_colour_stats")
     config.lomo.held_out = ()  # sites (magnifications) held out, one fold each; () = every site
     config.lomo.test_split = "test"  # the test patients' split (the train split gives fit and validation patients)
@@ -207,4 +207,5 @@ def get_config() -> ml_collections.ConfigDict:
     config.lomo.finetune_steps = 200  # lmc_finetune: steps of encoder + head training from the lmc run
     config.lomo.finetune_learning_rate = 1e-4
     config.lomo.signature_tolerance = 0.005  # the sparse signature's validation AUC may trail the dense by this
+    config.lomo.paired = False  # True: every location is stored once per site (tile_id = location · sites + site, as cmu_magnification): adds the cross-magnification retrieval
     return config

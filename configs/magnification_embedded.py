@@ -48,4 +48,5 @@ def get_config() -> ml_collections.ConfigDict:
     config.dcgan.bank_size = 1024
     config.lomo.finetune_steps = 30
     config.lomo.candidates = 2
+    config.lomo.paired = True  # each location at all four magnifications: same-location retrieval across them
     return config

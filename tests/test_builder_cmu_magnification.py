@@ -23,6 +23,7 @@ from sklearn.preprocessing import StandardScaler
 from data_pipelines import build, magnification, tiling
 from data_pipelines.builders.cmu_magnification import Builder, CmuMagnificationConfig, build_dataset
 from data_pipelines.builders.cmu_magnification import cmu_magnification_dataset_builder as module
+from lmc_jax.modes import lomo as lomo_mode
 from tests.test_tiling import texture_features  # the texture probe of the label's docstring measurements
 
 MAGS = magnification.MAGNIFICATIONS
@@ -107,6 +108,16 @@ def test_schema_and_four_tiles_per_location(splits):
         # the four tiles of a location are different images (field of view and resolution differ)
         images = split["image"].reshape(-1, 4, TILE * TILE * 3).astype(np.int16)
         assert (np.abs(images[:, :1] - images[:, 1:]).max(-1) > 0).all()
+
+
+def test_lomo_pairs_each_location_across_the_four_magnifications(splits):
+    for split in splits.values():  # mode=lomo's config.lomo.paired reads locations as tile_id // 4
+        location = lomo_mode.locations(split, len(MAGS))
+        ids, counts = np.unique(location, return_counts=True)
+        assert (counts == len(MAGS)).all()
+        for key in ("label", "region"):  # a location's four tiles share label and patient
+            per_location = {int(i): set(split[key][location == i].tolist()) for i in ids[:50]}
+            assert all(len(v) == 1 for v in per_location.values())
 
 
 def test_every_site_in_both_splits_and_train_labels_balanced(splits):

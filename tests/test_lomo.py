@@ -113,6 +113,43 @@ def test_domain_probe_near_chance_without_domain_signal_and_near_one_with_it():
     np.testing.assert_allclose(probe.b - probe.b.mean(), ref.intercept_ - ref.intercept_.mean(), atol=2e-4)
 
 
+def test_retrieval_hits_rank_the_own_location_among_the_gallery():
+    q = np.array([[1.0, 0.2], [0.0, 1.0], [1.0, 1.0]])
+    g = np.array([[1.0, 0.1], [0.9, 0.0], [0.0, 2.0], [1.0, 1.0]])  # cosine: scale does not matter
+    loc_g = np.array([7, 8, 9, 5])
+    # query 0 (location 8): gallery 0 (7) is more similar than its own row → rank 1: a top-2 hit, not top-1;
+    # query 1 (9): its own row is the nearest; query 2 (4): not in the gallery → NaN
+    np.testing.assert_array_equal(lomo.retrieval_hits(q, [8, 9, 4], g, loc_g, 1), [0.0, 1.0, np.nan])
+    np.testing.assert_array_equal(lomo.retrieval_hits(q, [8, 9, 4], g, loc_g, 2), [1.0, 1.0, np.nan])
+
+
+def test_cross_magnification_retrieval_finds_aligned_sources_and_not_unrelated_ones():
+    rng = np.random.default_rng(1)
+    loc = np.arange(60)
+    patients = np.repeat([f"P{i}" for i in range(6)], 10)
+    place = rng.normal(size=(60, 16))  # one point per location
+    x_test = place + rng.normal(0, 0.1, place.shape)
+    aligned, unrelated = place + rng.normal(0, 0.1, place.shape), rng.normal(size=(60, 16))
+    y = loc % 2
+    fold = lomo.FoldInputs("4x", y, np.full(60, 0.5), patients, y, np.full(60, 0.5), patients, x_test=x_test,
+                           loc_test=loc, x_gallery=np.concatenate([aligned, unrelated]),
+                           loc_gallery=np.concatenate([loc, loc]), d_gallery=np.repeat(["1x", "2x"], 60))
+    r = lomo.fold_result(fold, FAST)["retrieval"]
+    assert r["per_source"]["1x"]["top_1"] == 1.0 and r["per_source"]["2x"]["top_1"] < 0.1
+    assert r["top_1"] == pytest.approx((1.0 + r["per_source"]["2x"]["top_1"]) / 2)
+    assert r["chance_1"] == pytest.approx(1 / 60) and r["chance_10"] == pytest.approx(10 / 60)
+    lo, hi = r["ci"]["top_10"]
+    assert lo <= r["top_10"] <= hi and r["top_10"] > r["chance_10"] + 0.3
+    unpaired = lomo.fold_result(fold._replace(loc_test=None), FAST)["retrieval"]
+    assert unpaired["top_1"] is None and "config.lomo.paired" in unpaired["undefined"]["top_1"]
+    with pytest.raises(ValueError, match="loc_test has 59 rows"):
+        lomo.fold_result(fold._replace(loc_test=loc[:59]), FAST)
+    study = lomo.evaluate({"LMC": [fold, fold._replace(held_out="2x")]}, FAST)
+    overall = study["models"]["LMC"]["overall"]["retrieval"]
+    assert overall["mean_top_1"] == pytest.approx(r["top_1"]) and overall["mean_chance_10"] == pytest.approx(10 / 60)
+    assert "same-location top-10 across magnifications" in lomo.table_markdown(study)
+
+
 def _study(seed=0):
     """Simulated BreaKHis-like LOMO study: 20 patients (one label each), 4 magnifications, 4 models."""
     rng = np.random.default_rng(seed)
@@ -200,6 +237,7 @@ def test_table_has_every_model_and_fold_and_explains_undefined_values(results):
     mark = row.split("n/a")[1].split("]")[0] + "]"  # LMC has no domain labels: its domain cell is n/a[^k]
     footnote = next(line for line in text.splitlines() if line.startswith(f"{mark}: "))
     assert "not given: d_fit, d_val" in footnote
+    assert "same-location" not in text  # no model's data pairs tiles across magnifications: no retrieval columns
 
 
 def test_plot_and_report_are_written_whole(results, tmp_path):

@@ -66,6 +66,17 @@ def test_folds_give_every_patient_one_role_and_hold_the_magnification_out(replic
     assert len({frozenset(f.val["region"].tolist()) for f in folds}) == 1
 
 
+def test_locations_pair_a_sites_tiles_and_refuse_unpaired_data(replica_data, tmp_path):
+    data = {"tile_id": np.array([0, 1, 2, 3, 8, 9, 10, 11]), "site": np.array([0, 1, 2, 3, 0, 1, 2, 3])}
+    np.testing.assert_array_equal(lomo_mode.locations(data, 4), [0, 0, 0, 0, 2, 2, 2, 2])
+    with pytest.raises(ConfigError, match="lomo.paired=False"):
+        lomo_mode.locations({**data, "site": data["site"][::-1]}, 4)
+    config = _config(replica_data)  # BreaKHis: one image per magnification, nothing pairs them
+    config.lomo.paired = True
+    with pytest.raises(ConfigError, match="tile_id and site disagree"):
+        lomo_mode.folds(config, epath.Path(tmp_path), parallel.make_mesh())
+
+
 def test_lomo_refuses_no_validation_patients_and_unknown_models(replica_data):
     config = _config(replica_data)
     config.data.val_region_fraction = 0.0

@@ -12,6 +12,8 @@ Per fold (`fold_result`):
 - Signature at matched AUC (`matched_signature`): see `SIGNATURE_RULE`.
 - Domain alignment (`domain_alignment`): a fresh post-hoc multinomial probe of the source magnification from the
   frozen features; see `DOMAIN_PROBE`.
+- Cross-magnification retrieval (`cross_site_retrieval`), when the data set pairs each location's tiles across
+  magnifications: does a location's held-out-magnification tile find itself among the source ones; see `RETRIEVAL`.
 
 Per model (`model_result`): every fold with bootstrap replicates drawn once over the pooled patients of all folds
 (the same resampled patients in every fold, as `protocol.run_protocol` does across domains), so the mean and the
@@ -56,6 +58,13 @@ DOMAIN_PROBE = (
     "on the fit rows and scored (accuracy) on the held-out source validation rows; interval from the patient "
     "bootstrap of the validation rows. Chance = the largest share of one magnification among the scored rows "
     "(the best any constant guess can do). Lower = more magnification-invariant features.")
+RETRIEVAL = (
+    "Label-free, for data sets that see every location at every magnification: each test location's tile at the "
+    "held-out magnification queries the same test patients' tiles at one source magnification (cosine similarity "
+    "of the frozen features); a hit = the query's own location among its k most similar. Per query the hits are "
+    "averaged over the source magnifications; the interval comes from the patient bootstrap of the test rows. "
+    "Chance = k / gallery size (mean over sources). Higher = one place seen at two magnifications maps to one "
+    "point: the magnification manifold is compacted.")
 
 
 class FoldInputs(NamedTuple):
@@ -81,6 +90,10 @@ class FoldInputs(NamedTuple):
     d_fit: np.ndarray | None = None  # (N_fit,) source magnification of each fit row
     d_val: np.ndarray | None = None  # (N_val,) source magnification of each validation row
     domain_head_accuracy: float | None = None  # the model's own domain head on the validation rows, if it has one
+    loc_test: np.ndarray | None = None  # (N,) location id of each test row (paired data sets only)
+    x_gallery: np.ndarray | None = None  # (G, D) the test patients' tiles at the source magnifications
+    loc_gallery: np.ndarray | None = None  # (G,) their location ids
+    d_gallery: np.ndarray | None = None  # (G,) their magnification
 
 
 class LomoSettings(NamedTuple):
@@ -96,6 +109,7 @@ class LomoSettings(NamedTuple):
     path_max_iter: int = 1000  # FISTA iterations per λ
     path_tol: float = 1e-4  # FISTA stop: max |Δθ| (z-scored units)
     domain_max_iter: int = 50  # Newton steps of the domain probe
+    retrieval_k: tuple[int, ...] = (1, 10)  # cross-magnification retrieval: hit among the k most similar
     seed: int = 0  # bootstrap draws (the same for every model: paired comparisons on equal patient sets)
 
 
@@ -297,12 +311,71 @@ def domain_alignment(fold: FoldInputs, blocks: bootstrap.Blocks, settings: LomoS
     return {**out, "num_domains": len(params.classes), "domains": params.classes.tolist()}, accuracy
 
 
+# ------------------------------------------------------------------------------------------- retrieval
+
+def retrieval_hits(x_query: np.ndarray, loc_query: np.ndarray, x_gallery: np.ndarray, loc_gallery: np.ndarray,
+                   k: int) -> np.ndarray:
+    """(N,) 1.0 where a query's own location is among its k most cosine-similar gallery rows, else 0.0.
+
+    NaN for a query whose location the gallery lacks (nothing to find). Ties in similarity favour no row: the
+    rank of the own location counts every gallery row strictly more similar than it.
+    """
+    q = np.asarray(x_query, np.float64)
+    g = np.asarray(x_gallery, np.float64)
+    q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+    g = g / np.maximum(np.linalg.norm(g, axis=1, keepdims=True), 1e-12)
+    similarity = q @ g.T  # (N, G)
+    own = _ids(loc_query)[:, None] == _ids(loc_gallery)[None, :]
+    present = own.any(axis=1)
+    own_best = np.where(own, similarity, -np.inf).max(axis=1)  # a location with several gallery rows: its best
+    better = ((similarity > own_best[:, None]) & ~own).sum(axis=1)
+    return np.where(present, (better < k).astype(np.float64), np.nan)
+
+
+def cross_site_retrieval(fold: FoldInputs, blocks: bootstrap.Blocks, settings: LomoSettings
+                         ) -> tuple[dict, dict[int, bootstrap.Estimate]]:
+    """(JSON dict {top_<k>, chance_<k>, per_source, ci, no_ci, undefined}, {k: estimate}); `blocks` = test rows'."""
+    names = [f"top_{k}" for k in settings.retrieval_k]
+    missing = [n for n in ("loc_test", "x_test", "x_gallery", "loc_gallery", "d_gallery") if getattr(fold, n) is None]
+    if missing:
+        reason = ("the data set does not pair tiles across magnifications (config.lomo.paired)"
+                  if fold.loc_test is None else f"not given: {', '.join(missing)}")
+        return bootstrap.as_json(dict.fromkeys(names, reason)), {}
+    sources = np.unique(_ids(fold.d_gallery))
+    out, estimates, per_source = {}, {}, {}
+    for k, name in zip(settings.retrieval_k, names):
+        hits, chances = [], []
+        for source in sources:
+            rows = _ids(fold.d_gallery) == source
+            hit = retrieval_hits(fold.x_test, fold.loc_test, fold.x_gallery[rows], fold.loc_gallery[rows], k)
+            hits.append(hit)
+            chances.append(min(1.0, k / int(rows.sum())))
+            per_source.setdefault(str(source), {})[name] = (float(np.nanmean(hit)) if np.isfinite(hit).any()
+                                                             else None)
+        mean_hit = np.nanmean(np.stack(hits), axis=0) if len(sources) else np.full(len(fold.loc_test), np.nan)
+        valid = np.isfinite(mean_hit)
+        sums = bootstrap.block_sums(blocks, np.column_stack([np.where(valid, mean_hit, 0.0), valid.astype(float)]))
+        estimates[k] = bootstrap.estimate(blocks, lambda c: bootstrap.ratio(c @ sums[:, 0], c @ sums[:, 1]),
+                                          "no test location has a tile at a source magnification")
+        out[name] = estimates[k]
+        out[f"chance_{k}"] = float(np.mean(chances)) if chances else "no gallery rows"
+    result = bootstrap.as_json(out, {name: (0.0, 1.0) for name in names})
+    return {**result, "per_source": per_source}, estimates
+
+
 # ------------------------------------------------------------------------------------------------ fold / model
 
 def _check(fold: FoldInputs) -> None:
     """ValueError naming the field whose length disagrees with its split's labels."""
     splits = {"y": ("p", "patients", "x_test"), "y_val": ("p_val", "patients_val", "x_val", "d_val"),
               "y_fit": ("x_fit", "patients_fit", "d_fit")}
+    if fold.loc_test is not None and len(fold.loc_test) != len(fold.y):
+        raise ValueError(f"FoldInputs({fold.held_out!r}).loc_test has {len(fold.loc_test)} rows but y has "
+                         f"{len(fold.y)}; pass row-aligned arrays of the same split.")
+    gallery = [getattr(fold, n) for n in ("x_gallery", "loc_gallery", "d_gallery")]
+    if all(g is not None for g in gallery) and len({len(g) for g in gallery}) != 1:
+        raise ValueError(f"FoldInputs({fold.held_out!r}): x_gallery, loc_gallery and d_gallery have "
+                         f"{[len(g) for g in gallery]} rows; they must be row-aligned.")
     for labels, fields in splits.items():
         n = None if getattr(fold, labels) is None else len(getattr(fold, labels))
         for name in fields:
@@ -313,8 +386,9 @@ def _check(fold: FoldInputs) -> None:
 
 
 def _fold(fold: FoldInputs, test_blocks: bootstrap.Blocks, val_blocks: bootstrap.Blocks, settings: LomoSettings
-          ) -> tuple[dict, dict[str, bootstrap.Estimate], bootstrap.Estimate | None]:
-    """The fold's JSON dict, its metric estimates and its domain-probe estimate (for pooling across folds)."""
+          ) -> tuple[dict, dict[str, bootstrap.Estimate], bootstrap.Estimate | None, dict[int, bootstrap.Estimate]]:
+    """The fold's JSON dict, its metric estimates, its domain-probe estimate and its retrieval estimates (for
+    pooling across folds)."""
     _check(fold)
     y, p = np.asarray(fold.y), np.asarray(fold.p, np.float64)
     threshold, note = _threshold(np.asarray(fold.y_val), np.asarray(fold.p_val, np.float64))
@@ -327,6 +401,7 @@ def _fold(fold: FoldInputs, test_blocks: bootstrap.Blocks, val_blocks: bootstrap
                                       l2=settings.l2, max_iter=settings.path_max_iter, tol=settings.path_tol,
                                       x_test=fold.x_test, y_test=y)
     domain, accuracy = domain_alignment(fold, val_blocks, settings)
+    retrieval, hits = cross_site_retrieval(fold, test_blocks, settings)
 
     def count(a):
         return None if a is None else int(len(a))
@@ -343,8 +418,9 @@ def _fold(fold: FoldInputs, test_blocks: bootstrap.Blocks, val_blocks: bootstrap
         "metrics": bootstrap.as_json(estimates, BOUNDS),
         "signature": signature,
         "domain": domain,
+        "retrieval": retrieval,
     }
-    return out, estimates, accuracy
+    return out, estimates, accuracy, hits
 
 
 def fold_result(fold: FoldInputs, settings: LomoSettings = LomoSettings()) -> dict:
@@ -374,14 +450,39 @@ def model_result(folds: Sequence[FoldInputs], settings: LomoSettings = LomoSetti
     fold_of_val = np.concatenate([np.full(len(f.y_val), k) for k, f in enumerate(folds)])
     test_blocks = _blocks(np.concatenate([_ids(f.patients) for f in folds]), fold_of_test, settings, rng)
     val_blocks = _blocks(np.concatenate([_ids(f.patients_val) for f in folds]), fold_of_val, settings, rng)
-    results, targets, accuracies = {}, {}, {}
+    results, targets, accuracies, retrievals = {}, {}, {}, {}
     for k, fold in enumerate(folds):
-        results[fold.held_out], targets[fold.held_out], accuracy = _fold(
+        results[fold.held_out], targets[fold.held_out], accuracy, retrievals[fold.held_out] = _fold(
             fold, test_blocks.subset(np.flatnonzero(fold_of_test == k)),
             val_blocks.subset(np.flatnonzero(fold_of_val == k)), settings)
         accuracies[fold.held_out] = accuracy if accuracy is not None else bootstrap.Estimate(
             results[fold.held_out]["domain"]["undefined"]["probe_accuracy"], "metric undefined")
-    return {"folds": results, "overall": _overall(results, targets, accuracies)}
+    overall = _overall(results, targets, accuracies)
+    overall["retrieval"] = _retrieval_overall(results, retrievals, settings)
+    return {"folds": results, "overall": overall}
+
+
+def _retrieval_overall(results: dict[str, dict], retrievals: dict[str, dict[int, bootstrap.Estimate]],
+                       settings: LomoSettings) -> dict:
+    """Mean over the folds with a retrieval score of top_<k> (pooled intervals) and of chance_<k>."""
+    out, partial = {}, {}
+    for k in settings.retrieval_k:
+        name = f"top_{k}"
+        per_fold = {fold: got[k] if k in got else bootstrap.Estimate(results[fold]["retrieval"]["undefined"][name],
+                                                                        "metric undefined")
+                    for fold, got in retrievals.items()}
+        combined, note = bootstrap.combine(per_fold, lambda arrays: np.mean(arrays, axis=0))
+        if isinstance(combined.value, str):
+            reasons = "; ".join(dict.fromkeys(str(e.value) for e in per_fold.values()))
+            combined = bootstrap.Estimate(f"undefined in every fold: {reasons}", combined.replicates)
+        out[f"mean_{name}"] = combined
+        chances = [r["retrieval"].get(f"chance_{k}") for r in results.values()]
+        chances = [c for c in chances if isinstance(c, float)]
+        out[f"mean_chance_{k}"] = float(np.mean(chances)) if chances else "no fold has a retrieval score"
+        if note:
+            partial[f"mean_{name}"] = note
+    bounds = {f"mean_top_{k}": (0.0, 1.0) for k in settings.retrieval_k}
+    return {**bootstrap.as_json(out, bounds), "partial": partial}
 
 
 def _domain_mean(results: dict[str, dict], key: str) -> float | str:
@@ -448,6 +549,7 @@ def definitions() -> dict[str, str]:
         "signature": SIGNATURE_RULE,
         "jaccard": "|A ∩ B| / |A ∪ B| of two folds' signature dimensions; the main table shows the mean over pairs.",
         "domain_probe": DOMAIN_PROBE,
+        "retrieval": RETRIEVAL,
     }
 
 
@@ -504,6 +606,10 @@ def table_markdown(results: Mapping, digits: int = 3) -> str:
     """
     notes = _Notes()
     order, folds = results["order"], results["folds"]
+    paired = any(r["retrieval"].get(f"top_{k}") is not None for name in order
+                 for r in results["models"][name]["folds"].values() for k in results["settings"]["retrieval_k"])
+    ks = list(results["settings"]["retrieval_k"])
+    k_last = ks[-1]
     metric_heads = [LABELS[m] for m in METRICS]
     lines = [f"## Mean over the {len(folds)} held-out magnifications ({', '.join(folds)})", "",
              "95% intervals: patient bootstrap, the same resampled patients in every fold.", ""]
@@ -521,10 +627,13 @@ def table_markdown(results: Mapping, digits: int = 3) -> str:
         domain_cell = _cell(dom, "mean_probe_accuracy", notes, digits)
         if dom.get("mean_chance") is not None:
             domain_cell += f" (chance {_number(dom['mean_chance'], 2)})"
-        rows.append([name, *(_cell(o, f"mean_{m}", notes, digits) for m in METRICS), size_cell,
-                     _plain(jac["mean"], jac["undefined"].get("mean", ""), notes, 2), domain_cell])
-    lines += _table(["model", *metric_heads, "signature size", "Jaccard (mean over fold pairs)",
-                     "domain-probe acc."], rows) + [""]
+        row = [name, *(_cell(o, f"mean_{m}", notes, digits) for m in METRICS), size_cell,
+               _plain(jac["mean"], jac["undefined"].get("mean", ""), notes, 2), domain_cell]
+        if paired:
+            row.append(_retrieval_cell(o["retrieval"], f"mean_top_{k_last}", f"mean_chance_{k_last}", notes, digits))
+        rows.append(row)
+    lines += _table(["model", *metric_heads, "signature size", "Jaccard (mean over fold pairs)", "domain-probe acc.",
+                     *([f"same-location top-{k_last} across magnifications"] if paired else [])], rows) + [""]
     lines += ["## Worst held-out magnification (lowest AUC/F1/balanced acc., highest Brier/ECE)", ""]
     lines += _table(["model", *metric_heads],
                     [[name, *(_cell(results["models"][name]["overall"], f"worst_{m}", notes, digits)
@@ -538,13 +647,16 @@ def table_markdown(results: Mapping, digits: int = 3) -> str:
             rows.append([name, *(_plain(got[p], "both signatures empty", notes, 2) if p in got
                                  else "n/a" + notes.mark("a fold of the pair has no signature") for p in pairs)])
         lines += _table(["model", *pairs], rows) + [""]
+    fold_header = ["model", *metric_heads, "threshold (source val.)", "signature size", "signature / dense val. AUC",
+                   "domain-probe acc.", "domain-head acc.", *([f"same-location top-{k}" for k in ks] if paired else []),
+                   "test rows (patients)"]
     for fold in folds:
         lines += [f"## Held out: {fold}", ""]
         rows = []
         for name in order:
             r = results["models"][name]["folds"].get(fold)
             if r is None:
-                rows.append([name] + ["n/a" + notes.mark(f"model {name} has no fold {fold}")] * 9)
+                rows.append([name] + ["n/a" + notes.mark(f"model {name} has no fold {fold}")] * (len(fold_header) - 1))
                 continue
             sig, dom, n = r["signature"], r["domain"], r["n"]
             threshold = _number(r["threshold"], 3) + (notes.mark(r["threshold_note"]) if r["threshold_note"] else "")
@@ -554,14 +666,21 @@ def table_markdown(results: Mapping, digits: int = 3) -> str:
             domain_cell = _cell(dom, "probe_accuracy", notes, digits)
             if dom.get("chance") is not None:
                 domain_cell += f" (chance {_number(dom['chance'], 2)})"
-            rows.append([name, *(_cell(r["metrics"], m, notes, digits) for m in METRICS), threshold,
-                         _plain(sig["size"], sig["undefined"].get("size", ""), notes),
-                         matched, domain_cell, _cell(dom, "head_accuracy", notes, digits),
-                         f"{n['test']} ({n['test_patients']})"])
-        lines += _table(["model", *metric_heads, "threshold (source val.)", "signature size",
-                         "signature / dense val. AUC", "domain-probe acc.", "domain-head acc.",
-                         "test rows (patients)"], rows) + [""]
+            row = [name, *(_cell(r["metrics"], m, notes, digits) for m in METRICS), threshold,
+                   _plain(sig["size"], sig["undefined"].get("size", ""), notes),
+                   matched, domain_cell, _cell(dom, "head_accuracy", notes, digits)]
+            if paired:
+                row += [_retrieval_cell(r["retrieval"], f"top_{k}", f"chance_{k}", notes, digits) for k in ks]
+            rows.append(row + [f"{n['test']} ({n['test_patients']})"])
+        lines += _table(fold_header, rows) + [""]
     return "\n".join(lines + notes.lines()) + "\n"
+
+
+def _retrieval_cell(entry: Mapping, key: str, chance_key: str, notes: _Notes, digits: int) -> str:
+    """'0.420 [0.300, 0.510] (chance 0.03)': a retrieval score and its chance level."""
+    cell = _cell(entry, key, notes, digits)
+    chance = entry.get(chance_key)
+    return cell + (f" (chance {_number(chance, 2)})" if isinstance(chance, float) else "")
 
 
 def render_markdown(results: Mapping) -> str:

@@ -4,7 +4,9 @@ configs/magnification_embedded.py).
 For each held-out site (magnification) m of config.lomo.held_out (() = every site), every model of
 config.lomo.models is trained in WORKDIR/fold_<m>/<model> on the train split's tiles of the OTHER sites, minus the
 validation patients (`input_pipeline.validation_regions`, config.data.val_region_fraction), and scored on the
-test split's tiles at m (the builder's test patients: no patient trains, validates and tests). Patients' roles:
+test split's tiles at m (the builder's test patients: no patient trains, validates and tests). With
+config.lomo.paired (a data set that sees every location at every site, as cmu_magnification does), the test
+patients' tiles at the other sites form the gallery of the label-free cross-magnification retrieval. Patients' roles:
 fit (train split, not validation) → training and probes; validation (train split, those regions, other sites) →
 model selection (the checkpoint of best validation AUC among config.lomo.candidates saved ones), the F1 threshold
 and the domain probe; test (test split, site m) → every reported metric. `lmc_jax.evaluate.lomo` turns the
@@ -13,7 +15,7 @@ per-fold predictions and frozen embeddings into WORKDIR/lomo.{json,md,png}.
 The models (`MODELS`, one entry each): the supervised baseline, the same with class-conditional DCGAN samples
 mixed in (a generator trained per fold on the fit tiles, `lmc_jax.dcgan`), the domain-general model (supervised +
 a K-way gradient-reversal head on the site), LMC (+ scale views) with a linear probe on frozen features, LMC
-fine-tuned end to end with labels, and the raw-colour-statistics probe.
+fine-tuned end to end with labels, the untrained encoder and the raw-colour-statistics probe.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from lmc_jax import configlib, dcgan, finetune, modes, runs, train
 from lmc_jax.config_edit import with_values
 from lmc_jax.errors import ConfigError, require
 from lmc_jax.evaluate import lomo
-from lmc_jax.evaluate.embed import colour_statistics, run_features
+from lmc_jax.evaluate.embed import colour_statistics, encoder_features, run_features
 from lmc_jax.evaluate.kernels import probe
 
 Data = dict[str, np.ndarray]
@@ -53,6 +55,7 @@ class Fold:
     val: Data
     test: Data
     mesh: jax.sharding.Mesh
+    gallery: Data | None = None  # paired data sets: the test patients' tiles at the source sites, with "location"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +69,7 @@ class Scored:
     x_test: np.ndarray
     selected: dict
     domain_head_accuracy: float | None = None
+    x_gallery: np.ndarray | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,21 +108,33 @@ def _train(fold: Fold, name: str, config: ml_collections.ConfigDict) -> epath.Pa
     return directory
 
 
-def _embed_roles(features: Callable[[np.ndarray], np.ndarray], fold: Fold) -> tuple[np.ndarray, ...]:
+Features = Callable[[np.ndarray], np.ndarray]
+
+
+def _embed_roles(features: Features, fold: Fold) -> tuple[np.ndarray, ...]:
     return tuple(features(part["image"]) for part in (fold.fit, fold.val, fold.test))
 
 
-def _best(fold: Fold, directory: epath.Path, score_run: Callable[[runs.Run], tuple[Scored, float]]) -> Scored:
+def _with_gallery(scored: Scored, features: Features, fold: Fold) -> Scored:
+    """`scored` with the gallery's embeddings (paired data sets only): scored once, for the selected model."""
+    if fold.gallery is None:
+        return scored
+    return dataclasses.replace(scored, x_gallery=features(fold.gallery["image"]))
+
+
+def _best(fold: Fold, directory: epath.Path,
+          score_run: Callable[[runs.Run], tuple[Scored, float, Features]]) -> Scored:
     """The saved checkpoint whose validation AUC is highest (the earliest on ties), scored."""
     checkpoints = sorted(int(p.name) for p in (directory / runs.CHECKPOINTS).iterdir() if p.name.isdigit())
-    best, best_auc, history = None, -np.inf, []
+    best, best_auc, best_features, history = None, -np.inf, None, []
     with _timed(fold, f"{directory.name}: {len(checkpoints)} candidates scored"):
         for step in checkpoints:
             run = runs.load_run(directory, step=step, use_ema=fold.config.eval.use_ema, mesh=fold.mesh)
-            scored, val_auc = score_run(run)
+            scored, val_auc, features = score_run(run)
             history.append([step, val_auc])
             if val_auc > best_auc:
-                best, best_auc = scored, val_auc
+                best, best_auc, best_features = scored, val_auc, features
+        best = _with_gallery(best, best_features, fold)
     return dataclasses.replace(best, selected={**best.selected, "candidates": history})
 
 
@@ -131,8 +147,9 @@ def _head_scores(fold: Fold, name: str, config: ml_collections.ConfigDict) -> Sc
     """A supervised model: its own classifier's P(y = 1); the domain head's validation accuracy when it has one."""
     directory = _train(fold, name, config)
 
-    def score_run(run: runs.Run) -> tuple[Scored, float]:
-        x_fit, x_val, x_test = _embed_roles(run_features(run, fold.config, fold.mesh), fold)
+    def score_run(run: runs.Run) -> tuple[Scored, float, Features]:
+        features = run_features(run, fold.config, fold.mesh)
+        x_fit, x_val, x_test = _embed_roles(features, fold)
         model = nnx.merge(run.graphdef, jax.device_get(run.params))
         proba = lambda x: np.asarray(jax.nn.softmax(model.classifier(jnp.asarray(x)))[:, 1])  # noqa: E731
         head = None
@@ -141,7 +158,7 @@ def _head_scores(fold: Fold, name: str, config: ml_collections.ConfigDict) -> Sc
             head = float(np.mean(predicted == fold.val["site"]))
         p_val = proba(x_val)
         scored = Scored(p_val, proba(x_test), x_fit, x_val, x_test, {"step": run.step, "weights": run.weights}, head)
-        return scored, _val_auc(fold.val["label"], p_val)
+        return scored, _val_auc(fold.val["label"], p_val), features
 
     return _best(fold, directory, score_run)
 
@@ -155,13 +172,25 @@ def _probe_scores(fold: Fold, name: str, config: ml_collections.ConfigDict) -> S
     """An encoder trained without labels: a logistic probe on its frozen features of the fit rows."""
     directory = _train(fold, name, config)
 
-    def score_run(run: runs.Run) -> tuple[Scored, float]:
-        x_fit, x_val, x_test = _embed_roles(run_features(run, fold.config, fold.mesh), fold)
+    def score_run(run: runs.Run) -> tuple[Scored, float, Features]:
+        features = run_features(run, fold.config, fold.mesh)
+        x_fit, x_val, x_test = _embed_roles(features, fold)
         p_val, p_test = _probe(fold, x_fit, x_val, x_test)
         return (Scored(p_val, p_test, x_fit, x_val, x_test, {"step": run.step, "weights": run.weights}),
-                _val_auc(fold.val["label"], p_val))
+                _val_auc(fold.val["label"], p_val), features)
 
     return _best(fold, directory, score_run)
+
+
+def _untrained_scores(fold: Fold, name: str, config: ml_collections.ConfigDict) -> Scored:
+    """The LMC architecture at initialisation (config.seed) + a linear probe: what training adds is measured
+    against it, the cross-magnification retrieval above all."""
+    graphdef, params = runs.initial_params(config, fold.mesh)
+    features = encoder_features(graphdef, params, config.data.crop_size, fold.mesh, config.eval.batch_size)
+    x_fit, x_val, x_test = _embed_roles(features, fold)
+    p_val, p_test = _probe(fold, x_fit, x_val, x_test)
+    scored = Scored(p_val, p_test, x_fit, x_val, x_test, {"step": 0, "weights": f"initialisation (seed {config.seed})"})
+    return _with_gallery(scored, features, fold)
 
 
 def _finetune_scores(fold: Fold, name: str, config: ml_collections.ConfigDict) -> Scored:
@@ -183,9 +212,10 @@ def _finetune_scores(fold: Fold, name: str, config: ml_collections.ConfigDict) -
     batch = config.eval.batch_size
     features = lambda images: tuned.features(images, batch)  # noqa: E731
     x_fit, x_val, x_test = _embed_roles(features, fold)
-    return Scored(tuned.proba(fold.val["image"], batch), tuned.proba(fold.test["image"], batch), x_fit, x_val,
-                  x_test, {"from": str(base), "from_step": run.step, "finetune_step": tuned.selected_step,
-                           "candidates": [list(c) for c in tuned.history]})
+    scored = Scored(tuned.proba(fold.val["image"], batch), tuned.proba(fold.test["image"], batch), x_fit, x_val,
+                    x_test, {"from": str(base), "from_step": run.step, "finetune_step": tuned.selected_step,
+                             "candidates": [list(c) for c in tuned.history]})
+    return _with_gallery(scored, features, fold)
 
 
 def _dcgan_scores(fold: Fold, name: str, config: ml_collections.ConfigDict) -> Scored:
@@ -205,9 +235,11 @@ def _dcgan_scores(fold: Fold, name: str, config: ml_collections.ConfigDict) -> S
 def _colour_scores(fold: Fold, name: str, config: ml_collections.ConfigDict) -> Scored:
     """A logistic probe on per-channel colour mean and std of the centre crop: no encoder."""
     crop = config.data.crop_size
-    x_fit, x_val, x_test = _embed_roles(lambda images: colour_statistics(images, crop), fold)
+    features = lambda images: colour_statistics(images, crop)  # noqa: E731
+    x_fit, x_val, x_test = _embed_roles(features, fold)
     p_val, p_test = _probe(fold, x_fit, x_val, x_test)
-    return Scored(p_val, p_test, x_fit, x_val, x_test, {"weights": "none (colour statistics)"})
+    return _with_gallery(Scored(p_val, p_test, x_fit, x_val, x_test, {"weights": "none (colour statistics)"}),
+                         features, fold)
 
 
 MODELS: dict[str, LomoModel] = {
@@ -226,6 +258,8 @@ MODELS: dict[str, LomoModel] = {
                                                                     with_values(config, {"lmc.scale.views": True}))),
     "lmc_finetune": LomoModel("LMC pre-training, then encoder + linear head fine-tuned on the labels",
                               _finetune_scores),
+    "untrained": LomoModel("the LMC architecture at initialisation + a linear probe (what training adds)",
+                           _untrained_scores),
     "raw_colour_stats": LomoModel("a probe on per-channel colour mean and std (no encoder)", _colour_scores),
 }
 
@@ -270,16 +304,30 @@ def folds(config: ml_collections.ConfigDict, workdir: epath.Path, mesh: jax.shar
                                                      config.data.val_region_fraction, config.seed)
     is_val = np.isin(train_data["region"], held_regions)
     labelled_train, labelled_test = train_data["label"] >= 0, test_data["label"] >= 0  # -1: unlabelled, not scored
+    if config.lomo.paired:
+        test_data = {**test_data, "location": locations(test_data, len(names))}
     out = []
     for site in held:
         index = names.index(site)
         fold_config = with_values(config, {"data.train_sites": tuple(n for n in names if n != site),
                                            "dann.num_domains": len(names)})
         source = (train_data["site"] != index) & labelled_train
+        gallery = _rows(test_data, test_data["site"] != index) if config.lomo.paired else None
         out.append(Fold(site, workdir / f"fold_{site}", fold_config, _rows(train_data, source & ~is_val),
                         _rows(train_data, source & is_val),
-                        _rows(test_data, (test_data["site"] == index) & labelled_test), mesh))
+                        _rows(test_data, (test_data["site"] == index) & labelled_test), mesh, gallery))
     return out
+
+
+def locations(data: Data, num_sites: int) -> np.ndarray:
+    """Location ids of a paired data set's rows: tile_id // num_sites (each location stored once per site,
+    site-minor, tile_id = location · num_sites + site); ConfigError when the rows are not laid out so."""
+    tile_id = np.asarray(data["tile_id"], np.int64)
+    if not np.array_equal(tile_id % num_sites, np.asarray(data["site"])):
+        raise ConfigError(f"config.lomo.paired=True needs every location stored once per site with tile_id = "
+                          f"location · {num_sites} + site (as cmu_magnification does); this data set's tile_id and "
+                          "site disagree: set config.lomo.paired=False (BreaKHis images are not paired).")
+    return tile_id // num_sites
 
 
 def run(config: ml_collections.ConfigDict, workdir: epath.Path | None) -> dict:
@@ -300,7 +348,10 @@ def run(config: ml_collections.ConfigDict, workdir: epath.Path | None) -> dict:
                     y_val=fold.val["label"], p_val=scored.p_val, patients_val=fold.val["region"],
                     x_test=scored.x_test, x_val=scored.x_val, x_fit=scored.x_fit, y_fit=fold.fit["label"],
                     patients_fit=fold.fit["region"], d_fit=fold.fit["site"], d_val=fold.val["site"],
-                    domain_head_accuracy=scored.domain_head_accuracy))
+                    domain_head_accuracy=scored.domain_head_accuracy,
+                    **({} if fold.gallery is None else dict(
+                        loc_test=fold.test["location"], x_gallery=scored.x_gallery,
+                        loc_gallery=fold.gallery["location"], d_gallery=fold.gallery["site"]))))
     settings = lomo.LomoSettings(replicates=config.eval.bootstrap_replicates, num_bins=config.eval.ece_bins,
                                  tolerance=config.lomo.signature_tolerance, l2=config.eval.probe_l2,
                                  seed=config.seed)
