@@ -122,19 +122,23 @@ def _with_gallery(scored: Scored, features: Features, fold: Fold) -> Scored:
     return dataclasses.replace(scored, x_gallery=features(fold.gallery["image"]))
 
 
-def _best(fold: Fold, directory: epath.Path,
-          score_run: Callable[[runs.Run], tuple[Scored, float, Features]]) -> Scored:
+Candidate = tuple[float, Callable[[], tuple[Scored, Features]]]
+"""A checkpoint's validation AUC and how to score it in full (called for the selected checkpoint only)."""
+
+
+def _best(fold: Fold, directory: epath.Path, score_run: Callable[[runs.Run], Candidate]) -> Scored:
     """The saved checkpoint whose validation AUC is highest (the earliest on ties), scored."""
     checkpoints = sorted(int(p.name) for p in (directory / runs.CHECKPOINTS).iterdir() if p.name.isdigit())
-    best, best_auc, best_features, history = None, -np.inf, None, []
+    finish, best_auc, history = None, -np.inf, []
     with _timed(fold, f"{directory.name}: {len(checkpoints)} candidates scored"):
         for step in checkpoints:
             run = runs.load_run(directory, step=step, use_ema=fold.config.eval.use_ema, mesh=fold.mesh)
-            scored, val_auc, features = score_run(run)
+            val_auc, complete = score_run(run)
             history.append([step, val_auc])
             if val_auc > best_auc:
-                best, best_auc, best_features = scored, val_auc, features
-        best = _with_gallery(best, best_features, fold)
+                finish, best_auc = complete, val_auc
+        best, features = finish()
+        best = _with_gallery(best, features, fold)
     return dataclasses.replace(best, selected={**best.selected, "candidates": history})
 
 
@@ -147,18 +151,23 @@ def _head_scores(fold: Fold, name: str, config: ml_collections.ConfigDict) -> Sc
     """A supervised model: its own classifier's P(y = 1); the domain head's validation accuracy when it has one."""
     directory = _train(fold, name, config)
 
-    def score_run(run: runs.Run) -> tuple[Scored, float, Features]:
+    def score_run(run: runs.Run) -> Candidate:  # selection needs the validation rows only
         features = run_features(run, fold.config, fold.mesh)
-        x_fit, x_val, x_test = _embed_roles(features, fold)
         model = nnx.merge(run.graphdef, jax.device_get(run.params))
         proba = lambda x: np.asarray(jax.nn.softmax(model.classifier(jnp.asarray(x)))[:, 1])  # noqa: E731
-        head = None
-        if hasattr(model, "domain_head") and run.config.dann.domain_field:
-            predicted = np.asarray(jnp.argmax(model.domain_head(jnp.asarray(x_val)), axis=-1))
-            head = float(np.mean(predicted == fold.val["site"]))
+        x_val = features(fold.val["image"])
         p_val = proba(x_val)
-        scored = Scored(p_val, proba(x_test), x_fit, x_val, x_test, {"step": run.step, "weights": run.weights}, head)
-        return scored, _val_auc(fold.val["label"], p_val), features
+
+        def complete() -> tuple[Scored, Features]:
+            x_fit, x_test = features(fold.fit["image"]), features(fold.test["image"])
+            head = None
+            if hasattr(model, "domain_head") and run.config.dann.domain_field:
+                predicted = np.asarray(jnp.argmax(model.domain_head(jnp.asarray(x_val)), axis=-1))
+                head = float(np.mean(predicted == fold.val["site"]))
+            return Scored(p_val, proba(x_test), x_fit, x_val, x_test, {"step": run.step, "weights": run.weights},
+                          head), features
+
+        return _val_auc(fold.val["label"], p_val), complete
 
     return _best(fold, directory, score_run)
 
@@ -172,12 +181,12 @@ def _probe_scores(fold: Fold, name: str, config: ml_collections.ConfigDict) -> S
     """An encoder trained without labels: a logistic probe on its frozen features of the fit rows."""
     directory = _train(fold, name, config)
 
-    def score_run(run: runs.Run) -> tuple[Scored, float, Features]:
+    def score_run(run: runs.Run) -> Candidate:  # the probe needs the fit rows of every candidate
         features = run_features(run, fold.config, fold.mesh)
         x_fit, x_val, x_test = _embed_roles(features, fold)
         p_val, p_test = _probe(fold, x_fit, x_val, x_test)
-        return (Scored(p_val, p_test, x_fit, x_val, x_test, {"step": run.step, "weights": run.weights}),
-                _val_auc(fold.val["label"], p_val), features)
+        scored = Scored(p_val, p_test, x_fit, x_val, x_test, {"step": run.step, "weights": run.weights})
+        return _val_auc(fold.val["label"], p_val), lambda: (scored, features)
 
     return _best(fold, directory, score_run)
 
