@@ -6,6 +6,7 @@ probe claims of its docstring re-measured on the full slide (tile32, without TFD
 
 import os
 import pathlib
+import runpy
 import subprocess
 import sys
 import tempfile
@@ -14,6 +15,7 @@ import time
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from etils import epath
 from PIL import Image
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
@@ -23,6 +25,7 @@ from sklearn.preprocessing import StandardScaler
 from data_pipelines import build, magnification, tiling
 from data_pipelines.builders.cmu_magnification import Builder, CmuMagnificationConfig, build_dataset
 from data_pipelines.builders.cmu_magnification import cmu_magnification_dataset_builder as module
+from lmc_jax import parallel
 from lmc_jax.modes import lomo as lomo_mode
 from tests.test_tiling import texture_features  # the texture probe of the label's docstring measurements
 
@@ -118,6 +121,18 @@ def test_lomo_pairs_each_location_across_the_four_magnifications(splits):
         for key in ("label", "region"):  # a location's four tiles share label and patient
             per_location = {int(i): set(split[key][location == i].tolist()) for i in ids[:50]}
             assert all(len(v) == 1 for v in per_location.values())
+
+
+def test_lomo_folds_of_a_paired_data_set_hold_a_gallery_of_the_test_patients(built, tmp_path):
+    config = runpy.run_path("configs/magnification_embedded.py")["get_config"]()
+    config.data.data_dir, config.data.builder_config = str(built[0]), "crop32"
+    config.data.tile_size, config.data.crop_size = TILE, 24
+    for fold in lomo_mode.folds(config, epath.Path(tmp_path), parallel.make_mesh()):
+        gallery, test = fold.gallery, fold.test
+        assert fold.held_out not in set(gallery["site_name"].tolist()) and len(set(gallery["site_name"])) == 3
+        assert set(gallery["region"].tolist()) == set(test["region"].tolist())  # test patients only
+        assert set(test["location"].tolist()) <= set(gallery["location"].tolist())
+        assert not set(gallery["region"].tolist()) & (set(fold.fit["region"].tolist()) | set(fold.val["region"].tolist()))
 
 
 def test_every_site_in_both_splits_and_train_labels_balanced(splits):

@@ -55,7 +55,8 @@ class Fold:
     val: Data
     test: Data
     mesh: jax.sharding.Mesh
-    gallery: Data | None = None  # paired data sets: the test patients' tiles at the source sites, with "location"
+    gallery: Data | None = None  # paired data sets: the test patients' tiles at the source sites (+ "location",
+    #                              "site_name")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -314,7 +315,8 @@ def folds(config: ml_collections.ConfigDict, workdir: epath.Path, mesh: jax.shar
     is_val = np.isin(train_data["region"], held_regions)
     labelled_train, labelled_test = train_data["label"] >= 0, test_data["label"] >= 0  # -1: unlabelled, not scored
     if config.lomo.paired:
-        test_data = {**test_data, "location": locations(test_data, len(names))}
+        test_data = {**test_data, "location": locations(test_data, len(names)),
+                     "site_name": np.asarray(names)[test_data["site"]]}
     out = []
     for site in held:
         index = names.index(site)
@@ -360,7 +362,7 @@ def run(config: ml_collections.ConfigDict, workdir: epath.Path | None) -> dict:
                     domain_head_accuracy=scored.domain_head_accuracy,
                     **({} if fold.gallery is None else dict(
                         loc_test=fold.test["location"], x_gallery=scored.x_gallery,
-                        loc_gallery=fold.gallery["location"], d_gallery=fold.gallery["site"]))))
+                        loc_gallery=fold.gallery["location"], d_gallery=fold.gallery["site_name"]))))
     settings = lomo.LomoSettings(replicates=config.eval.bootstrap_replicates, num_bins=config.eval.ece_bins,
                                  tolerance=config.lomo.signature_tolerance, l2=config.eval.probe_l2,
                                  seed=config.seed)
