@@ -132,7 +132,8 @@ def test_lomo_folds_of_a_paired_data_set_hold_a_gallery_of_the_test_patients(bui
         assert fold.held_out not in set(gallery["site_name"].tolist()) and len(set(gallery["site_name"])) == 3
         assert set(gallery["region"].tolist()) == set(test["region"].tolist())  # test patients only
         assert set(test["location"].tolist()) <= set(gallery["location"].tolist())
-        assert not set(gallery["region"].tolist()) & (set(fold.fit["region"].tolist()) | set(fold.val["region"].tolist()))
+        trained = set(fold.fit["region"].tolist()) | set(fold.val["region"].tolist())
+        assert not set(gallery["region"].tolist()) & trained
 
 
 def test_every_site_in_both_splits_and_train_labels_balanced(splits):
