@@ -6,7 +6,7 @@ checkpoint of best validation AUC, the F1 threshold, the domain probe), so no pa
 tests. Per fold, every model of config.lomo.models trains on the other three magnifications' fit patients and is
 scored on the held-out magnification's test patients: the supervised baseline, + class-conditional DCGAN samples,
 the domain-general model (supervised + a 4-way gradient-reversal magnification head), LMC (+ scale views) with a
-linear probe, LMC fine-tuned, and the raw-colour probe. The table (WORKDIR/lomo.md) is laid out like the paper's:
+linear probe, LMC fine-tuned, the untrained encoder with a probe, and the raw-colour probe. The table (WORKDIR/lomo.md) is laid out like the paper's:
 AUC, F1, balanced accuracy, Brier, ECE (patient-bootstrap 95% intervals), signature size at matched AUC,
 cross-fold signature Jaccard and the held-out domain-probe accuracy.
 
