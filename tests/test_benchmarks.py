@@ -76,3 +76,19 @@ def test_config_runtime_tiny_bills_every_config(tmp_path):
     views = 2 * bench.TINY["batch_size"]
     assert 2 < lomo["lmc"]["flops_each"] / (views * forward) < 5
     assert 1.5 < lomo["lmc"]["flops_each"] / lomo["baseline"]["flops_each"] < 2.5
+
+
+def test_evaluate_benchmark_generators_and_per_family_settings():
+    bench = _load("evaluate")
+    for name, generate in bench.GENERATORS.items():
+        m = generate(1000, 32, patients=50)
+        assert m.heldout.shape == (1000, 32) and m.train.shape == (200, 32), name
+        assert np.bincount(m.heldout_sites).tolist() == [200] * 5 and set(np.unique(m.heldout_labels)) == {0, 1}
+        assert not set(m.train_groups) & set(m.heldout_groups) and len(np.unique(m.heldout_groups)) <= 50
+    settings = bench.DEFAULTS.replace(bootstrap_replicates=0)
+    others = tuple(f.name for f in bench.families.FAMILIES if f.name != "mixing")
+    m = bench.synthetic(500, 16, patients=25)
+    meter = bench.Meter()
+    changed = bench.suite_run(m, settings, meter, skip=others, family_settings={"mixing": {"integration_max_samples": 100}})
+    assert changed["mixing"]["n"] == 100 and "mixing" in meter.rows and len(meter.rows) == 2  # + shared inputs
+    assert bench.suite_run(m, settings, bench.Meter(), skip=others)["mixing"]["n"] == 500  # the default: every row

@@ -176,13 +176,42 @@ def test_ivf_knn_graph_recall_on_clustered_embeddings():
     rng = np.random.default_rng(13)
     centres = 4.0 * rng.normal(size=(100, 24))
     x = (centres[rng.integers(0, 100, 6000)] + rng.normal(size=(6000, 24))).astype(np.float32)
-    idx, dist, info = integration.knn_graph(x, 15, exact_max_rows=5000)
-    assert info["method"] == "ivf" and info["lists"] == 77 and info["recall_queries"] == 500
-    exact, _ = integration.knn(x, 15)
+    idx, dist, info = integration.knn_graph(x, 15, exact_max_rows=5000, probes=4)
+    assert info["method"] == "ivf" and info["lists"] == 16 and info["recall_queries"] == 500  # 6000 / 384 cells
+    assert info["components"] == 24 and info["recall_at_k_full_dims"] == info["recall_at_k"]  # 24 dims < 50
+    exact, exact_dist = integration.knn(x, 15)
     direct = np.mean([len(np.intersect1d(a, b)) / 15 for a, b in zip(exact, idx)])
     assert info["recall_at_k"] >= 0.95 and abs(info["recall_at_k"] - direct) < 0.03
-    assert (idx[:, 0] == np.arange(len(x))).all() and np.all(np.diff(dist, axis=1) >= 0)
+    assert (idx[:, 0] == np.arange(len(x))).all() and np.all(np.diff(dist, axis=1) >= 0) and not dist[:, 0].any()
+    found = idx == exact  # where the neighbour is the exact one, so is its (Gram-trick) distance
+    np.testing.assert_allclose(dist[found], exact_dist[found], atol=1e-4)
     assert integration.knn_graph(x[:400], 15)[2] == {"method": "exact"}
+
+
+def test_knn_graph_above_exact_max_rows_is_the_principal_components_graph():
+    rng = np.random.default_rng(16)
+    basis = np.linalg.qr(rng.normal(size=(64, 8)))[0].T  # clusters in an 8-dim subspace of 64, small noise
+    x = ((4.0 * rng.normal(size=(60, 8)))[rng.integers(0, 60, 4000)] + rng.normal(size=(4000, 8))) @ basis
+    x = (x + 0.05 * rng.normal(size=x.shape)).astype(np.float32)
+    idx, dist, info = integration.knn_graph(x, 15, exact_max_rows=3000)
+    assert info["components"] == integration.GRAPH_COMPONENTS == 50 and info["lists"] == 10
+    y = integration.pca_projection(x - x.mean(0), 50)
+    exact, exact_dist = integration.knn(y, 15)
+    assert np.mean([len(np.intersect1d(a, b)) / 15 for a, b in zip(exact, idx)]) >= 0.95 <= info["recall_at_k"]
+    assert 0.5 < info["recall_at_k_full_dims"] <= 1.0  # the projection drops 14 noise dims: most neighbours stay
+    found = idx == exact
+    np.testing.assert_allclose(dist[found], exact_dist[found], atol=1e-3)
+
+
+def test_pca_projection_keeps_the_leading_subspace():
+    rng = np.random.default_rng(15)
+    x = rng.normal(size=(3000, 6)) @ np.diag([5.0, 4.0, 3.0, 0.1, 0.1, 0.1]) @ np.linalg.qr(rng.normal(size=(6, 6)))[0]
+    x = (x - x.mean(0)).astype(np.float32)
+    y = integration.pca_projection(x, 3)
+    _, _, vt = np.linalg.svd(x.astype(np.float64), full_matrices=False)
+    expected = x.astype(np.float64) @ vt[:3].T  # the same coordinates up to each axis's sign
+    np.testing.assert_allclose(np.abs(y), np.abs(expected), atol=1e-3)
+    assert integration.pca_projection(x, 6) is x
 
 
 def test_silhouette_by_reference_sample_estimates_the_exact_scores(monkeypatch):
