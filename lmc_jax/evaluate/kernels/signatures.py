@@ -2,10 +2,11 @@
 
 Objective (features z-scored with the fit set's statistics, intercept unpenalised):
 mean log-loss + λ‖w‖₁, the same optimum as sklearn `LogisticRegression(l1_ratio=1, C=1/(λN))`.
-A path over λ (λ_max·geomspace(1, ratio)) is solved by FISTA with adaptive restart and warm starts
-(jitted JAX). λ minimises the mean held-out log-loss over group-disjoint folds; the signature is
-the support at that λ on all data; stability = how similar the folds' supports are (Jaccard) and,
-optionally, how often each dimension is selected on random halves of the groups.
+A path over λ (λ_max·geomspace(1, ratio)) is solved with warm starts by majorise-minimise steps on the
+log-loss's fixed quadratic bound, each a few coordinate-descent sweeps (jitted JAX; `_path`). λ minimises
+the mean held-out log-loss over group-disjoint folds; the signature is the support at that λ on all data;
+stability = how similar the folds' supports are (Jaccard) and, optionally, how often each dimension is selected
+on random halves of the groups.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from lmc_jax.evaluate.kernels.protocol import group_folds
 from lmc_jax.evaluate.kernels.separation import reference_stats
 
 STABLE_FREQUENCY = 0.6  # a dimension selected in at least this share of half-samples is "stable"
+_SWEEPS = 4  # coordinate-descent sweeps over the quadratic bound per majorise-minimise step
 
 
 def _augment(x: np.ndarray, rows: int) -> np.ndarray:
@@ -34,34 +36,44 @@ def _augment(x: np.ndarray, rows: int) -> np.ndarray:
 
 @partial(jax.jit, static_argnames="max_iter")
 def _path(xa: jax.Array, y: jax.Array, weight: jax.Array, lambdas: jax.Array, max_iter: int, tol: float) -> jax.Array:
-    """FISTA (gradient-restart) solutions θ = [w, b] for each λ, warm-started along the path → (L, D + 1).
+    """Majorise-minimise solutions θ = [w, b] for each λ, warm-started along the path → (L, D + 1).
 
-    Rows with weight 0 are padding (one compile for every subset padded to the same length).
+    Each step minimises, over θ' near θ, the log-loss's quadratic upper bound with the fixed curvature
+    B = XᵀX / (4N) (Böhning & Lindsay's bound: p(1 − p) ≤ 1/4) plus λ‖w'‖₁, by _SWEEPS cyclic coordinate-descent
+    sweeps: every step lowers the objective, and correlated dimensions cost no more steps (B carries their
+    correlation, which a scalar step size cannot). Stops at max |Δθ| < tol. Rows with weight 0 are padding (one
+    compile for every subset padded to the same length).
     """
     d1 = xa.shape[1]
     n = jnp.sum(weight)
-    lipschitz = 0.25 * jnp.linalg.eigvalsh((xa * weight[:, None]).T @ xa / n)[-1]
+    bound = 0.25 * (xa * weight[:, None]).T @ xa / n + 1e-6 * jnp.eye(d1)  # ridge: constant dims keep B_jj > 0
+    diag = jnp.diag(bound)
     penalised = jnp.arange(d1) < d1 - 1
 
     def grad(theta):
         return xa.T @ (weight * (jax.nn.sigmoid(xa @ theta) - y)) / n
 
     def solve(theta0, lam):
-        shrink = lam / lipschitz
+        def step(state):
+            i, theta, _ = state
+            g = grad(theta)
 
-        def body(state):
-            i, theta, z, t, _ = state
-            v = z - grad(z) / lipschitz
-            new = jnp.where(penalised, jnp.sign(v) * jnp.maximum(jnp.abs(v) - shrink, 0.0), v)
-            restart = jnp.dot(z - new, new - theta) > 0
-            t_new = jnp.where(restart, 1.0, (1.0 + jnp.sqrt(1.0 + 4.0 * t * t)) / 2.0)
-            z_new = jnp.where(restart, new, new + ((t - 1.0) / t_new) * (new - theta))
-            return i + 1, new, z_new, t_new, jnp.max(jnp.abs(new - theta))
+            def coordinate(t, carry):  # exact minimiser of the bound along dimension j, the others held
+                new_theta, moved = carry  # moved = B (new_theta − theta)
+                j = t % d1
+                v = new_theta[j] - (g[j] + moved[j]) / diag[j]
+                shrink = lam / diag[j]  # within float32 round-off of it (as at λ_max) a weight stays 0
+                soft = jnp.where(jnp.abs(v) > shrink * (1 + 1e-6), jnp.sign(v) * (jnp.abs(v) - shrink), 0.0)
+                v = jnp.where(penalised[j], soft, v)
+                return new_theta.at[j].set(v), moved + (v - new_theta[j]) * bound[j]  # B is symmetric: its row j
+
+            new, _ = jax.lax.fori_loop(0, _SWEEPS * d1, coordinate, (theta, jnp.zeros_like(theta)))
+            return i + 1, new, jnp.max(jnp.abs(new - theta))
 
         def running(state):
-            return (state[0] < max_iter) & (state[4] > tol)
+            return (state[0] < max_iter) & (state[2] > tol)
 
-        _, theta, _, _, _ = jax.lax.while_loop(running, body, (0, theta0, theta0, jnp.float32(1.0), jnp.float32(jnp.inf)))
+        _, theta, _ = jax.lax.while_loop(running, step, (0, theta0, jnp.float32(jnp.inf)))
         return theta, theta
 
     mean_y = jnp.clip(jnp.sum(weight * y) / n, 1e-6, 1 - 1e-6)
@@ -119,7 +131,7 @@ def sparse_signature(x: np.ndarray, y: np.ndarray, groups: np.ndarray | None, *,
 
     Without groups, folds are random rows (noted). Paths stop at max |Δθ| < `tol` (z-scored units): ample
     for which dimensions are selected. With more than `max_rows` rows (> 0), everything runs on a random subset of
-    whole groups (rows without groups: single rows) of at most that many rows, drawn from `rng` first (FISTA's
+    whole groups (rows without groups: single rows) of at most that many rows, drawn from `rng` first (each step's
     cost grows with the rows; a few ten thousand rows pin the support of a few hundred dimensions).
     Returns a JSON-ready dict ("rows": the rows used), or {"undefined": reason}.
     """
