@@ -2,9 +2,11 @@
 
 One suite run with the default settings except that the mixing metrics take every held-out row (not the
 10,000-row subsample of config.eval.integration_max_samples): separation (FD, class FD, raw FD, sliced W2, MMD²),
-mixing (silhouette-batch, iLISI, kBET; exact kNN up to integration.EXACT_MAX_ROWS rows, the IVF index with its
-measured recall above), probe (AUC, F1, balanced accuracy, Brier, ECE), the cross_site and leave_one_domain_out
-protocols and the sparse signature, all with 200-replicate bootstrap intervals. Wall time and peak resident
+mixing (silhouette-batch, iLISI, kBET; exact kNN up to integration.EXACT_MAX_ROWS rows, above the principal-
+component graph from an IVF index with its measured recall), probe (AUC, F1, balanced accuracy, Brier, ECE), the
+cross_site and leave_one_domain_out protocols, the sparse signature and the robustness scores (PathoROB's RI on
+--robustness-rows rows), all with 200-replicate bootstrap intervals, on clustered synthetic embeddings (`synthetic`;
+--data isotropic for the generator of the figures before 2026-12-02). Wall time and peak resident
 memory are reported per family (the shared inputs — bootstrap blocks, source-standardised sites, the source
 probe — on their own row). Beside it: our mixing kernels on the scib-metrics golden inputs
 (tests/golden/scib_metrics.npz) against the recorded scib-metrics values, scib-metrics itself on a mixing
@@ -12,7 +14,7 @@ subsample of --scib-rows cells when it is installed (its published failure sizes
 pytorch-fid style Fréchet distance. Prints one markdown table.
 
     python benchmarks/evaluate.py                  # 10^5 rows: ~5-15 min on a 2-core CPU
-    python benchmarks/evaluate.py --rows 1000000   # 10^6 rows, 2,000 patients: run under /usr/bin/time -v
+    python benchmarks/evaluate.py --rows 1000000   # 10^6 rows, 2,000 patients: ~6 min; run under /usr/bin/time -v
     python benchmarks/evaluate.py --rows 20000     # quicker look
 """
 
