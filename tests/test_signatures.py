@@ -95,3 +95,25 @@ def test_l1_path_converges_on_strongly_correlated_dimensions_within_the_default_
     w_ref, b_ref = signatures.l1_logistic_path(x, y, lambdas, max_iter=50_000, tol=1e-8)
     for lam, wi, bi, wr, br in zip(lambdas, w, b, w_ref, b_ref):
         assert objective(wi, bi, lam) - objective(wr, br, lam) < 2e-5  # FISTA (1000 steps) stopped 7.5e-5 above
+
+
+def test_exact_hessian_and_fixed_bound_reach_one_optimum_on_nearly_separable_classes(monkeypatch):
+    rng = np.random.default_rng(7)  # classes 6 noise-sd apart on dim 0: p(1 − p) ≪ 1/4, where the bound crawls
+    x = rng.normal(size=(400, 16))
+    y = (6.0 * x[:, 0] + rng.normal(size=400) > 0).astype(int)
+    lambdas = signatures.lambda_max(x, y) * np.geomspace(1.0, 1e-3, 12)
+    z = signatures._augment(x, len(x)).astype(np.float64)
+
+    def objective(w, b, lam):
+        logits = z[:, :-1] @ w + b
+        return np.mean(np.logaddexp(0.0, logits) - y * logits) + lam * np.abs(w).sum()
+
+    assert 512 * 17 * 17 <= signatures.EXACT_HESSIAN_FLOPS  # 400 rows pad to 512: the exact Hessian
+    newton = signatures.l1_logistic_path(x, y, lambdas, tol=1e-6)
+    monkeypatch.setattr(signatures, "EXACT_HESSIAN_FLOPS", 0)  # read when _path is traced: compile it again
+    signatures._path.clear_cache()
+    bound = signatures.l1_logistic_path(x, y, lambdas, max_iter=100_000, tol=1e-7)
+    signatures._path.clear_cache()
+    for lam, wn, bn, wb, bb in zip(lambdas, *newton, *bound):
+        assert abs(objective(wn, bn, lam) - objective(wb, bb, lam)) < 1e-5
+        np.testing.assert_array_equal(wn != 0, wb != 0)
