@@ -106,8 +106,8 @@ class LomoSettings(NamedTuple):
     num_lambdas: int = 30  # points on the L1 path
     lambda_ratio: float = 1e-3  # the path runs from λ_max down to λ_max·lambda_ratio
     l2: float = 1e-2  # L2 strength of the dense reference probe and of the domain probe
-    path_max_iter: int = 1000  # FISTA iterations per λ
-    path_tol: float = 1e-4  # FISTA stop: max |Δθ| (z-scored units)
+    path_max_iter: int = 1000  # solver steps per λ (signatures._path)
+    path_tol: float = 1e-4  # solver stop: max |Δθ| per step (z-scored units)
     domain_max_iter: int = 50  # Newton steps of the domain probe
     retrieval_k: tuple[int, ...] = (1, 10)  # cross-magnification retrieval: hit among the k most similar
     seed: int = 0  # bootstrap draws (the same for every model: paired comparisons on equal patient sets)
