@@ -315,11 +315,16 @@ def domain_alignment(fold: FoldInputs, blocks: bootstrap.Blocks, settings: LomoS
 
 def retrieval_hits(x_query: np.ndarray, loc_query: np.ndarray, x_gallery: np.ndarray, loc_gallery: np.ndarray,
                    k: int) -> np.ndarray:
-    """(N,) 1.0 where a query's own location is among its k most cosine-similar gallery rows, else 0.0.
+    """(N,) 1.0 where a query's own location is among its k most cosine-similar gallery rows, else 0.0; NaN for
+    a query whose location the gallery lacks (nothing to find)."""
+    rank = own_rank(x_query, loc_query, x_gallery, loc_gallery)
+    return np.where(np.isfinite(rank), (rank < k).astype(np.float64), np.nan)
 
-    NaN for a query whose location the gallery lacks (nothing to find). Ties in similarity favour no row: the
-    rank of the own location counts every gallery row strictly more similar than it.
-    """
+
+def own_rank(x_query: np.ndarray, loc_query: np.ndarray, x_gallery: np.ndarray, loc_gallery: np.ndarray
+             ) -> np.ndarray:
+    """(N,) how many other locations' gallery rows are strictly more cosine-similar to each query than its own
+    location's best row (ties favour no row); NaN where the gallery lacks the query's location."""
     q = np.asarray(x_query, np.float64)
     g = np.asarray(x_gallery, np.float64)
     q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
@@ -329,7 +334,7 @@ def retrieval_hits(x_query: np.ndarray, loc_query: np.ndarray, x_gallery: np.nda
     present = own.any(axis=1)
     own_best = np.where(own, similarity, -np.inf).max(axis=1)  # a location with several gallery rows: its best
     better = ((similarity > own_best[:, None]) & ~own).sum(axis=1)
-    return np.where(present, (better < k).astype(np.float64), np.nan)
+    return np.where(present, better.astype(np.float64), np.nan)
 
 
 def cross_site_retrieval(fold: FoldInputs, blocks: bootstrap.Blocks, settings: LomoSettings
@@ -340,16 +345,20 @@ def cross_site_retrieval(fold: FoldInputs, blocks: bootstrap.Blocks, settings: L
     if missing:
         reason = ("the data set does not pair tiles across magnifications (config.lomo.paired)"
                   if fold.loc_test is None else f"not given: {', '.join(missing)}")
-        return bootstrap.as_json(dict.fromkeys(names, reason)), {}
-    sources = np.unique(_ids(fold.d_gallery))
+        keys = names + [f"chance_{k}" for k in settings.retrieval_k]
+        return {**bootstrap.as_json(dict.fromkeys(keys, reason)), "per_source": {}}, {}
+    domains = _ids(fold.d_gallery)
+    sources = np.unique(domains)
+    ranks, sizes = {}, {}  # per source magnification: each query's rank (similarities computed once), gallery rows
+    for source in sources:
+        rows = domains == source
+        ranks[source] = own_rank(fold.x_test, fold.loc_test, fold.x_gallery[rows], fold.loc_gallery[rows])
+        sizes[source] = int(rows.sum())
     out, estimates, per_source = {}, {}, {}
     for k, name in zip(settings.retrieval_k, names):
-        hits, chances = [], []
-        for source in sources:
-            rows = _ids(fold.d_gallery) == source
-            hit = retrieval_hits(fold.x_test, fold.loc_test, fold.x_gallery[rows], fold.loc_gallery[rows], k)
-            hits.append(hit)
-            chances.append(min(1.0, k / int(rows.sum())))
+        hits = [np.where(np.isfinite(ranks[s]), (ranks[s] < k).astype(np.float64), np.nan) for s in sources]
+        chances = [min(1.0, k / sizes[s]) for s in sources]
+        for source, hit in zip(sources, hits):
             per_source.setdefault(str(source), {})[name] = (float(np.nanmean(hit)) if np.isfinite(hit).any()
                                                              else None)
         mean_hit = np.nanmean(np.stack(hits), axis=0) if len(sources) else np.full(len(fold.loc_test), np.nan)
@@ -471,26 +480,30 @@ def _retrieval_overall(results: dict[str, dict], retrievals: dict[str, dict[int,
         per_fold = {fold: got[k] if k in got else bootstrap.Estimate(results[fold]["retrieval"]["undefined"][name],
                                                                         "metric undefined")
                     for fold, got in retrievals.items()}
-        combined, note = bootstrap.combine(per_fold, lambda arrays: np.mean(arrays, axis=0))
-        if isinstance(combined.value, str):
-            reasons = "; ".join(dict.fromkeys(str(e.value) for e in per_fold.values()))
-            combined = bootstrap.Estimate(f"undefined in every fold: {reasons}", combined.replicates)
-        out[f"mean_{name}"] = combined
-        chances = [r["retrieval"].get(f"chance_{k}") for r in results.values()]
-        chances = [c for c in chances if isinstance(c, float)]
-        out[f"mean_chance_{k}"] = float(np.mean(chances)) if chances else "no fold has a retrieval score"
+        out[f"mean_{name}"], note = _fold_mean(per_fold)
+        out[f"mean_chance_{k}"] = _section_mean(results, "retrieval", f"chance_{k}")
         if note:
             partial[f"mean_{name}"] = note
     bounds = {f"mean_top_{k}": (0.0, 1.0) for k in settings.retrieval_k}
     return {**bootstrap.as_json(out, bounds), "partial": partial}
 
 
-def _domain_mean(results: dict[str, dict], key: str) -> float | str:
-    """Mean over folds of the domain entry `key` where defined, or why it is undefined in every fold."""
-    defined = [r["domain"][key] for r in results.values() if r["domain"][key] is not None]
+def _fold_mean(per_fold: dict[str, bootstrap.Estimate]) -> tuple[bootstrap.Estimate, str | None]:
+    """Mean over the folds where defined (pooled replicates), naming the folds' own reasons when none is; and
+    the note of which folds were left out."""
+    combined, note = bootstrap.combine(per_fold, lambda arrays: np.mean(arrays, axis=0))
+    if isinstance(combined.value, str):  # name the folds' own reasons, not only that every fold lacks a value
+        reasons = "; ".join(dict.fromkeys(str(e.value) for e in per_fold.values()))
+        combined = bootstrap.Estimate(f"undefined in every fold: {reasons}", combined.replicates)
+    return combined, note
+
+
+def _section_mean(results: dict[str, dict], section: str, key: str) -> float | str:
+    """Mean over folds of `results[fold][section][key]` where defined, or why it is undefined in every fold."""
+    defined = [r[section][key] for r in results.values() if r[section][key] is not None]
     if defined:
         return float(np.mean(defined))
-    reasons = dict.fromkeys(str(r["domain"]["undefined"].get(key, "not computed")) for r in results.values())
+    reasons = dict.fromkeys(str(r[section]["undefined"].get(key, "not computed")) for r in results.values())
     return f"undefined in every fold: {'; '.join(reasons)}"
 
 
@@ -510,14 +523,11 @@ def _overall(results: dict[str, dict], targets: dict, accuracies: dict[str, boot
         why["mean"] = ("fewer than 2 folds have a signature" if len(defined) < 2
                        else "every signature is empty (no label signal)")
     overall["jaccard"] = {"pairs": pairs, "mean": float(np.mean(values)) if values else None, "undefined": why}
-    combined, note = bootstrap.combine(accuracies, lambda arrays: np.mean(arrays, axis=0))
-    if isinstance(combined.value, str):  # name the folds' own reasons, not only that every fold lacks a value
-        reasons = "; ".join(dict.fromkeys(str(e.value) for e in accuracies.values()))
-        combined = bootstrap.Estimate(f"undefined in every fold: {reasons}", combined.replicates)
+    combined, note = _fold_mean(accuracies)
     domain = {
         "mean_probe_accuracy": combined,
-        "mean_chance": _domain_mean(results, "chance"),
-        "mean_head_accuracy": _domain_mean(results, "head_accuracy"),
+        "mean_chance": _section_mean(results, "domain", "chance"),
+        "mean_head_accuracy": _section_mean(results, "domain", "head_accuracy"),
     }
     overall["domain"] = {**bootstrap.as_json(domain, {"mean_probe_accuracy": (0.0, 1.0)}),
                          "partial": {"mean_probe_accuracy": note} if note else {}}

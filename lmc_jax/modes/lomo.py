@@ -173,9 +173,12 @@ def _head_scores(fold: Fold, name: str, config: ml_collections.ConfigDict) -> Sc
     return _best(fold, directory, score_run)
 
 
-def _probe(fold: Fold, x_fit: np.ndarray, x_val: np.ndarray, x_test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _probed(fold: Fold, features: Features, selected: dict) -> Scored:
+    """A logistic probe fitted on `features` of the fit rows, scored on the validation and test rows."""
+    x_fit, x_val, x_test = _embed_roles(features, fold)
     fitted = probe.fit_logistic(x_fit, fold.fit["label"], fold.config.eval.probe_l2)
-    return np.asarray(probe.predict_proba(fitted, x_val)), np.asarray(probe.predict_proba(fitted, x_test))
+    p_val, p_test = (np.asarray(probe.predict_proba(fitted, x)) for x in (x_val, x_test))
+    return Scored(p_val, p_test, x_fit, x_val, x_test, selected)
 
 
 def _probe_scores(fold: Fold, name: str, config: ml_collections.ConfigDict) -> Scored:
@@ -184,10 +187,8 @@ def _probe_scores(fold: Fold, name: str, config: ml_collections.ConfigDict) -> S
 
     def score_run(run: runs.Run) -> Candidate:  # the probe needs the fit rows of every candidate
         features = run_features(run, fold.config, fold.mesh)
-        x_fit, x_val, x_test = _embed_roles(features, fold)
-        p_val, p_test = _probe(fold, x_fit, x_val, x_test)
-        scored = Scored(p_val, p_test, x_fit, x_val, x_test, {"step": run.step, "weights": run.weights})
-        return _val_auc(fold.val["label"], p_val), lambda: (scored, features)
+        scored = _probed(fold, features, {"step": run.step, "weights": run.weights})
+        return _val_auc(fold.val["label"], scored.p_val), lambda: (scored, features)
 
     return _best(fold, directory, score_run)
 
@@ -197,9 +198,7 @@ def _untrained_scores(fold: Fold, name: str, config: ml_collections.ConfigDict) 
     against it, the cross-magnification retrieval above all."""
     graphdef, params = runs.initial_params(config, fold.mesh)
     features = encoder_features(graphdef, params, config.data.crop_size, fold.mesh, config.eval.batch_size)
-    x_fit, x_val, x_test = _embed_roles(features, fold)
-    p_val, p_test = _probe(fold, x_fit, x_val, x_test)
-    scored = Scored(p_val, p_test, x_fit, x_val, x_test, {"step": 0, "weights": f"initialisation (seed {config.seed})"})
+    scored = _probed(fold, features, {"step": 0, "weights": f"initialisation (seed {config.seed})"})
     return _with_gallery(scored, features, fold)
 
 
@@ -246,10 +245,7 @@ def _colour_scores(fold: Fold, name: str, config: ml_collections.ConfigDict) -> 
     """A logistic probe on per-channel colour mean and std of the centre crop: no encoder."""
     crop = config.data.crop_size
     features = lambda images: colour_statistics(images, crop)  # noqa: E731
-    x_fit, x_val, x_test = _embed_roles(features, fold)
-    p_val, p_test = _probe(fold, x_fit, x_val, x_test)
-    return _with_gallery(Scored(p_val, p_test, x_fit, x_val, x_test, {"weights": "none (colour statistics)"}),
-                         features, fold)
+    return _with_gallery(_probed(fold, features, {"weights": "none (colour statistics)"}), features, fold)
 
 
 MODELS: dict[str, LomoModel] = {
