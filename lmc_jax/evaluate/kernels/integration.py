@@ -50,11 +50,17 @@ def _knn_chunk(q: jax.Array, x: jax.Array, sq_x: jax.Array, k: int) -> tuple[jax
     return jnp.take_along_axis(exact, order, axis=1), jnp.take_along_axis(idx, order, axis=1)
 
 
+@jax.jit
+def _gram_d2(q: jax.Array, x: jax.Array, sq_x: jax.Array) -> jax.Array:
+    """Gram-trick squared distances (q rows x x rows); padding rows of x carry squared norm +inf."""
+    return jnp.sum(q * q, 1)[:, None] + sq_x[None, :] - 2.0 * q @ x.T
+
+
 @partial(jax.jit, static_argnames="k")
 def _gram_top_k(q: jax.Array, x: jax.Array, sq_x: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
     """The k smallest Gram-trick squared distances from each row of q to the rows of x, and their positions
     (ties: the lower position first). Padding rows of x carry squared norm +inf."""
-    d2 = jnp.maximum(jnp.sum(q * q, 1)[:, None] + sq_x[None, :] - 2.0 * q @ x.T, 0.0)
+    d2 = jnp.maximum(_gram_d2(q, x, sq_x), 0.0)
     neg, idx = jax.lax.top_k(-d2, k)
     return -neg, idx
 
@@ -139,12 +145,6 @@ def _lloyd_step(x: jax.Array, centroids: jax.Array) -> jax.Array:
     return jnp.where(counts[:, None] > 0, sums / jnp.maximum(counts, 1.0)[:, None], centroids)
 
 
-@jax.jit
-def _gram_d2(q: jax.Array, x: jax.Array, sq_x: jax.Array) -> jax.Array:
-    """Gram-trick squared distances (q rows x x rows); padding rows of x carry squared norm +inf."""
-    return jnp.sum(q * q, 1)[:, None] + sq_x[None, :] - 2.0 * q @ x.T
-
-
 def _candidate_bucket(n: int) -> int:
     """n rounded up to 1024·2^(i/4) (steps of ≤ 19%, multiples of 256): few compiles for cells of any size."""
     steps = max(0, int(np.ceil(4 * np.log2(max(n, 1) / 1024))))
@@ -185,9 +185,10 @@ def ivf_knn(x: np.ndarray, k: int, *, lists: int | None = None, probes: int = IV
     Rows are grouped into `lists` k-means cells (default ≈ √N); the rows of each cell are compared with every row
     of the `probes` cells whose centroids lie nearest to their own cell's centroid (that cell included): one
     dense Gram-trick matrix product per block of _IVF_QUERIES query rows (padded: one compile per candidate
-    bucket), the k smallest picked by partial sort. Distances are the Gram-trick ones, √max(‖q‖² + ‖x‖² − 2q·x, 0) on centred rows (float32 round-off
-    ~1e-7·‖x‖² in the squared distance; `knn` measures them directly), a row's own distance exactly 0. A true neighbour is missed when it lies in a cell
-    that is not probed: measure with `knn_recall`. With probes = lists this is the exact kNN. Same return layout
+    bucket), the k smallest picked by partial sort. Distances are the Gram-trick ones, √max(‖q‖² + ‖x‖² − 2q·x, 0)
+    on centred rows (float32 round-off ~1e-7·‖x‖² in the squared distance; `knn` measures them directly), a row's
+    own distance exactly 0. A true neighbour is missed when it lies in a cell that is not probed: measure with
+    `knn_recall`. With probes = lists this is the exact kNN. Same return layout
     as `knn`. Memory: one cell's candidates; time O(N · probes · N/lists · D).
     """
     x = np.asarray(x, np.float32)
