@@ -28,16 +28,15 @@ import json
 import uuid
 from collections.abc import Collection, Mapping, Sequence
 from itertools import combinations
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from etils import epath
 from matplotlib.figure import Figure
 
 from lmc_jax.evaluate import figures
 from lmc_jax.evaluate.kernels import bootstrap, probe, signatures
+from lmc_jax.evaluate.kernels.multinomial import fit_multinomial, ids, predict_multinomial
 from lmc_jax.evaluate.kernels.calibration import BOUNDS, METRICS, binary_estimates, f1_threshold
 from lmc_jax.evaluate.kernels.padding import bucket
 from lmc_jax.evaluate.kernels.protocol import mean_and_worst
@@ -115,11 +114,6 @@ class LomoSettings(NamedTuple):
 
 # ---------------------------------------------------------------------------------------------- small helpers
 
-def _ids(a: Any) -> np.ndarray:
-    """Patient / domain ids as strings (so ints and strings from the driver compare equal)."""
-    return np.asarray(a).astype(str)
-
-
 def auc(y: np.ndarray, score: np.ndarray) -> float | None:
     """Tie-aware ROC AUC (probe.block_auc with one block); None when a class is missing."""
     one = bootstrap.Blocks(ids=np.zeros(len(y), np.int64), num=1, unit="example", counts=np.zeros((0, 1)))
@@ -140,7 +134,7 @@ def _threshold(y_val: np.ndarray, p_val: np.ndarray) -> tuple[float, str | None]
 def _blocks(patients: np.ndarray, strata: np.ndarray, settings: LomoSettings, rng: np.random.Generator
             ) -> bootstrap.Blocks:
     """Patient bootstrap blocks (one count vector shared by every stratum/fold)."""
-    return bootstrap.make_blocks(strata, _ids(patients), max_blocks=settings.max_blocks,
+    return bootstrap.make_blocks(strata, ids(patients), max_blocks=settings.max_blocks,
                                  replicates=settings.replicates, rng=rng)
 
 
@@ -205,85 +199,15 @@ def cross_fold_jaccard(signatures_by_fold: Mapping[str, Collection[int]]) -> dic
 
 # ---------------------------------------------------------------------------------------------- domain probe
 
-class MultinomialProbe(NamedTuple):
-    """A fitted softmax probe: the fit rows' z-scoring, weights (D, K) and intercepts (K,) over `classes`."""
-
-    mean: np.ndarray
-    std: np.ndarray
-    w: np.ndarray
-    b: np.ndarray
-    classes: np.ndarray
-
-
-@jax.jit
-def _softmax_value_grad_hess(theta: jax.Array, za: jax.Array, onehot: jax.Array, weight: jax.Array,
-                             l2: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Mean cross-entropy + (l2/2)·‖W‖² at theta = [W; b] flattened from (D + 1, K), its gradient and Hessian.
-
-    za = [z, 1]; intercepts are not penalised; rows with weight 0 are padding. Hessian blocks
-    H[(a,k),(b,l)] = mean_i za_ia za_ib p_ik (δ_kl − p_il), from one (D+1)K-wide Gram matrix.
-    """
-    d1, k = za.shape[1], onehot.shape[1]
-    s = weight / jnp.sum(weight)
-    penalty = jnp.where(jnp.arange(d1) < d1 - 1, l2, 0.0)[:, None] * jnp.ones((1, k))
-    w = theta.reshape(d1, k)
-    logits = za @ w
-    p = jax.nn.softmax(logits, axis=1)
-    nll = jax.nn.logsumexp(logits, axis=1) - jnp.sum(onehot * logits, axis=1)
-    value = jnp.sum(s * nll) + 0.5 * jnp.sum(penalty * w**2)
-    grad = za.T @ (s[:, None] * (p - onehot)) + penalty * w
-    q = (za[:, :, None] * p[:, None, :]).reshape(len(za), d1 * k)  # column (a, k) = za_a · p_k
-    diag = jnp.einsum("akb,kl->akbl", (q * s[:, None]).T.reshape(d1, k, len(za)) @ za, jnp.eye(k))
-    hess = diag.reshape(d1 * k, d1 * k) - q.T @ (q * s[:, None])
-    return value, grad.reshape(-1), hess + jnp.diag(penalty.reshape(-1) + 1e-7)
-
-
-def fit_multinomial(x: np.ndarray, labels: np.ndarray, l2: float = 1e-2, *, max_iter: int = 50,
-                    tol: float = 1e-5) -> MultinomialProbe:
-    """Multinomial logistic probe of `labels` (any ids, ≥ 2 distinct) from x (N, D), z-scored with x's statistics.
-
-    Damped Newton on the (D + 1)·K parameters (`probe.newton`, the binary probe's solver) until max|grad| < tol.
-    Same optimum as sklearn `LogisticRegression(C=1/(l2·N))` (multinomial, all K classes penalised) on the same
-    z-scored features, up to a common shift of the intercepts (which changes no prediction; the last one is 0).
-    """
-    x = np.asarray(x, np.float32)
-    classes, codes = np.unique(_ids(labels), return_inverse=True)
-    if len(classes) < 2:
-        raise ValueError(f"fit_multinomial: need ≥ 2 distinct labels; got {classes.tolist()}.")
-    mean, std = reference_stats(x)
-    rows, d1, k = bucket(len(x)), x.shape[1] + 1, len(classes)
-    za = np.zeros((rows, d1), np.float32)  # zero rows = padding (weight 0)
-    za[: len(x), :-1] = (x - mean) / std
-    za[: len(x), -1] = 1.0
-    onehot = np.zeros((rows, k), np.float32)
-    onehot[np.arange(len(x)), codes] = 1.0
-    weight = (np.arange(rows) < len(x)).astype(np.float32)
-    args = tuple(jnp.asarray(a) for a in (za, onehot, weight)) + (jnp.float32(l2),)
-
-    def evaluate(free):  # the last class's intercept stays 0: only the intercepts' common shift is free (flat)
-        value, grad, hess = _softmax_value_grad_hess(jnp.asarray(np.append(free, np.float32(0.0))), *args)
-        return np.float64(value), np.asarray(grad, np.float64)[:-1], np.asarray(hess, np.float64)[:-1, :-1]
-
-    free = probe.newton(evaluate, max_iter, tol, np.zeros(d1 * k - 1, np.float32))
-    theta = np.append(free, np.float32(0.0)).reshape(d1, k)
-    return MultinomialProbe(mean, std, theta[:-1], theta[-1], classes)
-
-
-def predict_multinomial(params: MultinomialProbe, x: np.ndarray) -> np.ndarray:
-    """The most probable class (as its string id) of each row of x (M, D)."""
-    z = (np.asarray(x, np.float32) - params.mean) / params.std
-    return params.classes[np.argmax(z @ params.w + params.b, axis=1)]
-
-
 def domain_probe(x_fit: np.ndarray, d_fit: np.ndarray, x_test: np.ndarray, d_test: np.ndarray,
                  l2: float = 1e-2) -> float:
     """Accuracy on (x_test, d_test) of a multinomial L2 probe of the domain fitted on (x_fit, d_fit)."""
-    return float(np.mean(predict_multinomial(fit_multinomial(x_fit, d_fit, l2), x_test) == _ids(d_test)))
+    return float(np.mean(predict_multinomial(fit_multinomial(x_fit, d_fit, l2), x_test) == ids(d_test)))
 
 
 def chance_level(d_test: np.ndarray) -> float:
     """The largest share of one domain among the scored rows (best accuracy of a constant guess)."""
-    _, counts = np.unique(_ids(d_test), return_counts=True)
+    _, counts = np.unique(ids(d_test), return_counts=True)
     return float(counts.max() / counts.sum())
 
 
@@ -297,13 +221,13 @@ def domain_alignment(fold: FoldInputs, blocks: bootstrap.Blocks, settings: LomoS
             else "the model has no domain head (or its accuracy was not given)")
     missing = [n for n in ("x_fit", "d_fit", "x_val", "d_val") if getattr(fold, n) is None]
     reason = (f"not given: {', '.join(missing)}" if missing
-              else None if len(np.unique(_ids(fold.d_fit))) >= 2 and len(fold.d_val)
+              else None if len(np.unique(ids(fold.d_fit))) >= 2 and len(fold.d_val)
               else "fewer than 2 source magnifications among the fit rows, or no validation rows")
     if reason:
         return {**bootstrap.as_json({"probe_accuracy": reason, "chance": reason, "head_accuracy": head}),
                 "num_domains": None}, None
     params = fit_multinomial(fold.x_fit, fold.d_fit, settings.l2, max_iter=settings.domain_max_iter)
-    correct = (predict_multinomial(params, fold.x_val) == _ids(fold.d_val)).astype(np.float64)
+    correct = (predict_multinomial(params, fold.x_val) == ids(fold.d_val)).astype(np.float64)
     sums = bootstrap.block_sums(blocks, np.column_stack([correct, np.ones_like(correct)]))
     accuracy = bootstrap.estimate(blocks, lambda c: bootstrap.ratio(c @ sums[:, 0], c @ sums[:, 1]), "no rows")
     out = bootstrap.as_json({"probe_accuracy": accuracy, "chance": chance_level(fold.d_val), "head_accuracy": head},
@@ -330,7 +254,7 @@ def own_rank(x_query: np.ndarray, loc_query: np.ndarray, x_gallery: np.ndarray, 
     q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
     g = g / np.maximum(np.linalg.norm(g, axis=1, keepdims=True), 1e-12)
     similarity = q @ g.T  # (N, G)
-    own = _ids(loc_query)[:, None] == _ids(loc_gallery)[None, :]
+    own = ids(loc_query)[:, None] == ids(loc_gallery)[None, :]
     present = own.any(axis=1)
     own_best = np.where(own, similarity, -np.inf).max(axis=1)  # a location with several gallery rows: its best
     better = ((similarity > own_best[:, None]) & ~own).sum(axis=1)
@@ -347,7 +271,7 @@ def cross_site_retrieval(fold: FoldInputs, blocks: bootstrap.Blocks, settings: L
                   if fold.loc_test is None else f"not given: {', '.join(missing)}")
         keys = names + [f"chance_{k}" for k in settings.retrieval_k]
         return {**bootstrap.as_json(dict.fromkeys(keys, reason)), "per_source": {}}, {}
-    domains = _ids(fold.d_gallery)
+    domains = ids(fold.d_gallery)
     sources = np.unique(domains)
     ranks, sizes = {}, {}  # per source magnification: each query's rank (similarities computed once), gallery rows
     for source in sources:
@@ -416,7 +340,7 @@ def _fold(fold: FoldInputs, test_blocks: bootstrap.Blocks, val_blocks: bootstrap
         return None if a is None else int(len(a))
 
     def unique(a):
-        return None if a is None else int(len(np.unique(_ids(a))))
+        return None if a is None else int(len(np.unique(ids(a))))
 
     out = {
         "held_out": fold.held_out,
@@ -457,8 +381,8 @@ def model_result(folds: Sequence[FoldInputs], settings: LomoSettings = LomoSetti
     rng = np.random.default_rng(settings.seed)
     fold_of_test = np.concatenate([np.full(len(f.y), k) for k, f in enumerate(folds)])
     fold_of_val = np.concatenate([np.full(len(f.y_val), k) for k, f in enumerate(folds)])
-    test_blocks = _blocks(np.concatenate([_ids(f.patients) for f in folds]), fold_of_test, settings, rng)
-    val_blocks = _blocks(np.concatenate([_ids(f.patients_val) for f in folds]), fold_of_val, settings, rng)
+    test_blocks = _blocks(np.concatenate([ids(f.patients) for f in folds]), fold_of_test, settings, rng)
+    val_blocks = _blocks(np.concatenate([ids(f.patients_val) for f in folds]), fold_of_val, settings, rng)
     results, targets, accuracies, retrievals = {}, {}, {}, {}
     for k, fold in enumerate(folds):
         results[fold.held_out], targets[fold.held_out], accuracy, retrievals[fold.held_out] = _fold(
