@@ -178,6 +178,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval.bootstrap_unit = "group"  # resample whole regions/patients ("group") or single examples
     config.eval.mmd_max_samples = 2000  # rows per site for MMD
     config.eval.integration_max_samples = 10000  # stratified subsample for silhouette/iLISI/kBET
+    config.eval.site_probe_max_rows = 4000  # site probe (a fresh multinomial probe of the site): rows over all sites
     config.eval.lisi_neighbors = 90
     config.eval.kbet_neighbors = 50
     config.eval.kbet_alpha = 0.05

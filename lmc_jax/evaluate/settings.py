@@ -29,6 +29,7 @@ class Settings:
     bootstrap_unit: str  # resample whole groups (patients/regions) when known, else examples
     mmd_max_samples: int  # per domain, random subsample for the quadratic-time MMD
     integration_max_samples: int  # over all sites, stratified subsample for silhouette/iLISI/kBET and PathoROB's RI
+    site_probe_max_rows: int  # over all sites, equal shares: the site probe's rows (its Newton steps grow with it)
     lisi_neighbors: int  # scib-metrics' default k for iLISI (perplexity k // 3)
     kbet_neighbors: int  # scib-metrics' default k for kBET
     kbet_alpha: float  # kBET test level
@@ -57,6 +58,7 @@ class Settings:
             "bootstrap_unit": (self.bootstrap_unit in BOOTSTRAP_UNITS, f"choose one of {BOOTSTRAP_UNITS}"),
             "mmd_max_samples": (self.mmd_max_samples >= 2, "must be ≥ 2"),
             "integration_max_samples": (self.integration_max_samples >= 4, "must be ≥ 4"),
+            "site_probe_max_rows": (self.site_probe_max_rows >= 4, "must be ≥ 4 (two halves of two sites)"),
             "lisi_neighbors": (self.lisi_neighbors >= 3, "must be ≥ 3 (perplexity = k // 3 ≥ 1)"),
             "kbet_neighbors": (self.kbet_neighbors >= 2, "must be ≥ 2"),
             "kbet_alpha": (0 < self.kbet_alpha < 1, "must be in (0, 1)"),
