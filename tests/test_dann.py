@@ -14,6 +14,7 @@ from lmc_jax.errors import UserError
 from lmc_jax.evaluate.embed import make_encoder
 from lmc_jax.losses import dann_schedule, domain_adversarial_loss
 from lmc_jax.methods import training_config
+from lmc_jax.objectives.dann import head_inputs
 from lmc_jax.models.vit import build_model
 from tests.conftest import TINY_BUILDER
 from tests.tiny_config import tiny_config
@@ -84,7 +85,7 @@ def test_reversal_flips_and_scales_only_the_encoders_domain_gradient():
     def plain_domain_loss(p):  # the same features and labels, no reversal
         model = nnx.merge(trainer.graphdef, p)
         features = model.embed(objectives.views(key, tiles, config)[0])
-        logits = model.domain_head(jnp.stack([features[0], features[-1]]))
+        logits = model.domain_head(head_inputs(jnp.stack([features[0], features[-1]])))
         return domain_adversarial_loss(logits, jnp.broadcast_to(jnp.array([[0.0], [1.0]]), logits.shape))
 
     (with_domain, metrics), (without, _), plain = jax.jit(lambda p: (

@@ -40,6 +40,7 @@ from lmc_jax.errors import ConfigError, require
 from lmc_jax.evaluate import lomo
 from lmc_jax.evaluate.embed import colour_statistics, encoder_features, run_features
 from lmc_jax.evaluate.kernels import probe
+from lmc_jax.objectives import dann
 
 Data = dict[str, np.ndarray]
 
@@ -163,7 +164,8 @@ def _head_scores(fold: Fold, name: str, config: ml_collections.ConfigDict) -> Sc
             x_fit, x_test = features(fold.fit["image"]), features(fold.test["image"])
             head = None
             if hasattr(model, "domain_head") and run.config.dann.domain_field:
-                predicted = np.asarray(jnp.argmax(model.domain_head(jnp.asarray(x_val)), axis=-1))
+                logits = model.domain_head(dann.head_inputs(jnp.asarray(x_val)))  # z-scored as in training
+                predicted = np.asarray(jnp.argmax(logits, axis=-1))
                 head = float(np.mean(predicted == fold.val["site"]))
             return Scored(p_val, proba(x_test), x_fit, x_val, x_test, {"step": run.step, "weights": run.weights},
                           head), features

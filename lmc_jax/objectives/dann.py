@@ -14,7 +14,8 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from lmc_jax.losses import dann_schedule, domain_adversarial_loss, grad_reverse, masked_cross_entropy
+from lmc_jax.losses import (dann_schedule, domain_adversarial_loss, grad_reverse, masked_cross_entropy,
+                            standardize_over_batch)
 from lmc_jax.models.vit import DomainHead
 from lmc_jax.objectives.base import Batch, Features, HeadFactory
 from lmc_jax.optim import DOMAIN_HEAD
@@ -25,13 +26,24 @@ RENDERING_STREAM = 0x44414E4E
 HEAD = DOMAIN_HEAD
 
 
+def head_inputs(features: jax.Array) -> jax.Array:
+    """Features [..., W] z-scored per dim over all leading axes (the global batch): what the domain head reads.
+
+    A fresh probe reads z-scored features too; and the encoder cannot fool a head on raw features by inflating
+    their scale along its weights (the domain loss then grows without bound: 124 at step 75 of the default
+    job's dann reference before this, BENCHMARKS.md "DANN that aligns").
+    """
+    return standardize_over_batch(features.reshape(-1, features.shape[-1])).reshape(features.shape)
+
+
 def domain_terms(head: nnx.Module, source: jax.Array, shifted: jax.Array,
                  reversal: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Domain loss of `head` telling source features [B, W] (label 0) from stain-shifted ones (label 1).
 
-    The head sees grad_reverse(features, reversal): it descends the loss, the encoder ascends it × reversal.
+    The head sees grad_reverse(features, reversal) z-scored over the 2B rows: it descends the loss, the encoder
+    ascends it × reversal.
     """
-    features = jnp.stack([source, shifted])  # [2, B, W]
+    features = head_inputs(jnp.stack([source, shifted]))  # [2, B, W]
     labels = jnp.broadcast_to(jnp.arange(2, dtype=jnp.float32)[:, None], features.shape[:2])
     logits = head(grad_reverse(features, reversal))
     loss = domain_adversarial_loss(logits, labels)
@@ -47,7 +59,8 @@ def _frozen(head: nnx.Module) -> nnx.Module:
 
 def site_domain_terms(head: nnx.Module, views: jax.Array, domains: jax.Array, reversal: jax.Array,
                       adversary: str = "reversal") -> tuple[jax.Array, dict[str, jax.Array]]:
-    """K-way domain loss on every view's features [K, B, W] against each tile's domain [B] (−1 = none).
+    """K-way domain loss on every view's features [K, B, W] (z-scored over the K·B rows, `head_inputs`) against
+    each tile's domain [B] (−1 = none).
 
     adversary "reversal": the head sees grad_reverse(features, λ) and descends its cross-entropy, the encoder
     ascends it × λ (Ganin et al.). "confusion": the head descends its cross-entropy on detached features, the
@@ -55,6 +68,7 @@ def site_domain_terms(head: nnx.Module, views: jax.Array, domains: jax.Array, re
     (Tzeng et al. 2015), which takes the domain out of the features instead of flipping the head's answer.
     """
     labels = jnp.broadcast_to(domains, views.shape[:2])
+    views = head_inputs(views)  # z-scored over the K·B rows
     if adversary == "reversal":
         logits = head(grad_reverse(views, reversal))  # [K, B, num_domains]
         loss, accuracy = masked_cross_entropy(logits, labels)
