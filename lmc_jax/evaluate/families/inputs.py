@@ -94,6 +94,12 @@ class Inputs:
     def size(self, i: int) -> int:
         return len(self.blocks[i][0])
 
+    def joint_site_ids(self) -> list[int]:
+        """The source, then the unseen sites with ≥ min_site_samples held-out rows: the sites scored jointly."""
+        ctx = self.ctx
+        return [ctx.source_id] + [i for i, n in enumerate(ctx.site_names)
+                                  if n in ctx.unseen and self.size(i) >= ctx.settings.min_site_samples]
+
     @cached_property
     def sites(self) -> dict[int, Site] | str:
         """Every site's rows z-scored with the source's held-out statistics, or why there is nothing to scale by."""

@@ -101,10 +101,8 @@ def evaluate(inputs: Inputs) -> Result:
     """Mixing of the source with the unseen sites that have enough rows; the other sites get reasons."""
     ctx, s = inputs.ctx, inputs.ctx.settings
     if isinstance(inputs.sites, str):
-        return Result({n: dict.fromkeys(KEYS, inputs.sites) for n in ctx.site_names},
-                      dict.fromkeys(KEYS, Estimate(inputs.sites, "metric undefined")), {"mixing": {}})
-    joined = [ctx.source_id] + [i for i, n in enumerate(ctx.site_names)
-                                if n in ctx.unseen and inputs.size(i) >= s.min_site_samples]
+        return Result.undefined(ctx.site_names, KEYS, inputs.sites, "mixing")
+    joined = inputs.joint_site_ids()
     mixed, joint, info = mixing_estimates(
         {ctx.site_names[i]: (t.z, t.labels, t.blocks) for i in joined for t in [inputs.sites[i]]},
         max_samples=s.integration_max_samples, lisi_neighbors=s.lisi_neighbors, kbet_neighbors=s.kbet_neighbors,

@@ -63,10 +63,8 @@ def evaluate(inputs: Inputs) -> Result:
     """Site-probe accuracy over the source and the unseen sites with enough rows; the other sites get reasons."""
     ctx, s = inputs.ctx, inputs.ctx.settings
     if isinstance(inputs.sites, str):
-        return Result({n: dict.fromkeys(KEYS, inputs.sites) for n in ctx.site_names},
-                      dict.fromkeys(KEYS, Estimate(inputs.sites, "metric undefined")), {"site_probe": {}})
-    joined = [ctx.source_id] + [i for i, n in enumerate(ctx.site_names)
-                                if n in ctx.unseen and inputs.size(i) >= s.min_site_samples]
+        return Result.undefined(ctx.site_names, KEYS, inputs.sites, "site_probe")
+    joined = inputs.joint_site_ids()
     per_site = {n: dict.fromkeys(KEYS, ctx.too_few(inputs.size(i)) if inputs.size(i) < s.min_site_samples
                                  else "site excluded from summaries, so not probed")
                 for i, n in enumerate(ctx.site_names) if i not in joined}

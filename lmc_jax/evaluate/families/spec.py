@@ -79,6 +79,12 @@ class Result:
     joint: dict[str, Any] = field(default_factory=dict)  # "joint" summary values: key → Estimate | reason
     entries: dict[str, Any] = field(default_factory=dict)  # method-level metrics.json entries ("probe", ...)
 
+    @classmethod
+    def undefined(cls, site_names: Sequence[str], keys: Sequence[str], reason: str, entry: str) -> Result:
+        """Every per-site and joint value of `keys` undefined for `reason`, with an empty `entry`."""
+        return cls({n: dict.fromkeys(keys, reason) for n in site_names},
+                   dict.fromkeys(keys, Estimate(reason, "metric undefined")), {entry: {}})
+
 
 @dataclass(frozen=True)
 class Intro:
