@@ -11,6 +11,7 @@ from lmc_jax.errors import ConfigError
 from lmc_jax.losses import dann_schedule, lmc_loss
 from lmc_jax.methods import training_config
 from lmc_jax.optim import make_optimizer
+from lmc_jax.objectives.dann import head_inputs
 from tests.tiny_config import tiny_config
 
 
@@ -110,7 +111,8 @@ def test_the_site_dann_term_names_each_views_domain_and_ignores_rows_without_one
     assert objectives.views(key, batch["image"], config)[1] == {}  # no rendering: the domains are the batch's
     _, metrics = train.loss_and_metrics(params, graphdef, batch, key, config, 5)
     model = nnx.merge(graphdef, params)
-    logits = model.domain_head(model.embed(objectives.views(key, batch["image"], config)[0]))  # [K, B, 3]
+    features = head_inputs(model.embed(objectives.views(key, batch["image"], config)[0]))  # z-scored, as the head sees
+    logits = model.domain_head(features)  # [K, B, 3]
     log_p = np.asarray(jax.nn.log_softmax(logits))
     rows = np.flatnonzero(sites >= 0)
     want = -np.mean(log_p[:, rows, sites[rows]])
@@ -150,7 +152,7 @@ def test_the_confusion_adversary_trains_the_head_on_detached_features_and_the_en
 
     def parts(p, head_params, encoder_params):  # (the head's CE on detached features, the uniform-CE)
         views = objectives.views(key, batch["image"], config)[0]
-        feats = nnx.merge(graphdef, {**p, "encoder": encoder_params}).embed(views)
+        feats = head_inputs(nnx.merge(graphdef, {**p, "encoder": encoder_params}).embed(views))
         head = nnx.merge(graphdef, {**p, "domain_head": head_params}).domain_head
         labels = jnp.broadcast_to(batch["site"], feats.shape[:2])
         ce = -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(head(jax.lax.stop_gradient(feats))),
