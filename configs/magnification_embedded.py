@@ -13,11 +13,12 @@ the row showing that colour does not solve the label. Sized for a 2-core CPU.
 Writes WORKDIR/fold_<magnification>/<model>/ (each training run), WORKDIR/lomo.{json,md,png}; the folds share
 WORKDIR/compilation_cache, so only the first fold compiles. Runtime (BENCHMARKS.md, "Magnification study on the
 embedded slide"): 8 min 06 s and 9 min 55 s wall in two runs, 1.5 GB peak RSS, on a quiet 2-core Intel Xeon
-(folds 104 / 72 / 70 / 70 s, then ~165 s of evaluation, in the first). Result at this budget: no model learns the location label across patients (mean test AUC
-0.28-0.46, raw colour 0.36); the domain-general model fools its own head but not a fresh probe of the magnification
-(0.504 vs the baseline's 0.533); and every trained model finds a location's own tiles at the other magnifications
-less often than the untrained encoder (same-location top-10 0.24-0.29 vs 0.295; LMC 0.244, with scale views 0.240):
-the table exercises the protocol and measures that failure; it is not evidence for any model.
+(folds 104 / 72 / 70 / 70 s, then ~165 s of evaluation, in the first). Result at this budget: no model learns the
+location label across patients (mean test AUC 0.28-0.46, raw colour 0.36); the domain-general model fools its own
+head but not a fresh probe of the magnification (0.504 vs the baseline's 0.533); and every trained model finds a
+location's own tiles at the other magnifications less often than the untrained encoder (same-location top-10
+0.24-0.29 vs 0.295; LMC 0.244, with scale views 0.240): the table exercises the protocol and measures that failure;
+it is not evidence for any model.
 """
 
 import os

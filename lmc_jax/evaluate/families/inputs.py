@@ -100,6 +100,12 @@ class Inputs:
         return [ctx.source_id] + [i for i, n in enumerate(ctx.site_names)
                                   if n in ctx.unseen and self.size(i) >= ctx.settings.min_site_samples]
 
+    def equal_shares(self, joint: Sequence[int], max_total: int, rng: np.random.Generator) -> dict[int, np.ndarray]:
+        """Sorted positions within each joint site's rows: all, or an equal random share of max_total, whichever
+        is fewer."""
+        quota = max(1, max_total // max(len(joint), 1))
+        return {i: np.sort(rng.choice(self.size(i), min(self.size(i), quota), replace=False)) for i in joint}
+
     @cached_property
     def sites(self) -> dict[int, Site] | str:
         """Every site's rows z-scored with the source's held-out statistics, or why there is nothing to scale by."""

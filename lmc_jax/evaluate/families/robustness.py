@@ -185,12 +185,6 @@ def _plism(inputs: Inputs, joint: list[int]) -> tuple[dict[str, dict], dict[str,
     return per_site, out, record
 
 
-def _subsample(inputs: Inputs, joint: list[int], max_total: int) -> dict[int, np.ndarray]:
-    """Positions within each joint site's rows: all, or an equal random share of max_total, whichever is fewer."""
-    rng, quota = inputs.ctx.rng(6), max(1, max_total // max(len(joint), 1))
-    return {i: np.sort(rng.choice(inputs.size(i), min(inputs.size(i), quota), replace=False)) for i in joint}
-
-
 def _ri(inputs: Inputs, joint: list[int]) -> tuple[dict[int, Estimate], Estimate, dict]:
     """PathoROB's RI per joint site (its rows as queries) and over all, with the graph's record."""
     m, ctx, s = inputs.m, inputs.ctx, inputs.ctx.settings
@@ -198,7 +192,7 @@ def _ri(inputs: Inputs, joint: list[int]) -> tuple[dict[int, Estimate], Estimate
     if len(joint) < 2:
         reason = f"needs at least 2 sites (centres) with ≥ min_site_samples rows in the joint set; got {names}"
         return {}, Estimate(reason, "metric undefined"), {"sites": names}
-    picks = _subsample(inputs, joint, s.integration_max_samples)
+    picks = inputs.equal_shares(joint, s.integration_max_samples, inputs.ctx.rng(6))
     rows = np.concatenate([inputs.blocks[i][0][picks[i]] for i in joint])
     labels = np.asarray(m.heldout_labels)[rows]
     if len(np.unique(labels)) < 2:

@@ -72,8 +72,8 @@ def evaluate(inputs: Inputs) -> Result:
         reason = f"needs at least 2 sites with enough examples; got {[ctx.site_names[i] for i in joined]}"
         return Result({**per_site, **{ctx.site_names[i]: dict.fromkeys(KEYS, reason) for i in joined}},
                       dict.fromkeys(KEYS, Estimate(reason, "metric undefined")), {"site_probe": {}})
-    rng, quota = ctx.rng(8), max(1, s.site_probe_max_rows // len(joined))
-    picks = {i: np.sort(rng.choice(inputs.size(i), min(inputs.size(i), quota), replace=False)) for i in joined}
+    rng = ctx.rng(8)
+    picks = inputs.equal_shares(joined, s.site_probe_max_rows, rng)
     z = np.concatenate([inputs.sites[i].z[picks[i]] for i in joined])
     site = np.concatenate([np.full(len(picks[i]), ctx.site_names[i]) for i in joined])
     rows = np.concatenate([inputs.blocks[i][0][picks[i]] for i in joined])  # indices into the held-out set
@@ -83,8 +83,7 @@ def evaluate(inputs: Inputs) -> Result:
     predicted = cross_fitted_sites(z, site, multinomial.ids(units), s.probe_l2, rng)
     weights = np.concatenate([inputs.sites[i].blocks.draws()[:, inputs.sites[i].blocks.ids[picks[i]]]
                               for i in joined], axis=1)
-    chance = 1.0 / len(joined) if len({len(p) for p in picks.values()}) == 1 else \
-        float(max(len(p) for p in picks.values()) / len(site))
+    chance = max(len(p) for p in picks.values()) / len(site)  # the largest site's share: 1 / sites when equal
 
     def accuracy(cells: np.ndarray, sides: list[bootstrap.Blocks]) -> Estimate:
         if isinstance(predicted, str):
